@@ -1,0 +1,66 @@
+"""Engines: build from ONNX, serialize, cache, run. One class per runtime behind one interface.
+
+A ``Runtime`` turns ONNX bytes into a serialized engine (``build``) and a serialized engine into
+a runnable ``Engine`` (``load``); the cache (``engine.cache``) stores what ``build`` returns, so
+a warm process skips building. ``Engine.run`` reads and writes caller-owned memory in place.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..config import Options
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Memory MXNet owns: a raw address, its shape and dtype (device given by the context)."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    version: int = 0  # MXNet bumps it on every write; tells a changed parameter cheaply
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+class Engine(ABC):
+    @abstractmethod
+    def run(self, inputs: Sequence[TensorRef], outputs: Sequence[TensorRef], stream: int) -> None:
+        """Compute outputs from inputs, both in the order of the engine's ONNX graph."""
+
+
+class Runtime(ABC):
+    name: str
+
+    @abstractmethod
+    def version(self) -> str:
+        """Part of every cache key: an engine is only valid for the runtime version that built it."""
+
+    @abstractmethod
+    def build(self, onnx_bytes: bytes, input_names: Sequence[str], output_names: Sequence[str],
+              options: Options, device_id: int) -> bytes:
+        """Build and serialize an engine for this ONNX graph."""
+
+    @abstractmethod
+    def load(self, blob: bytes, input_names: Sequence[str], output_names: Sequence[str],
+             options: Options, device_id: int) -> Engine:
+        """Deserialize an engine produced by ``build`` of the same runtime version."""
+
+    def device_key(self, device_id: int) -> str:
+        """What about the device an engine depends on (part of the cache key)."""
+        return "cpu"
+
+
+def runtime_for(device: str) -> Runtime:
+    """The runtime that serves a context: ONNX Runtime on CPU."""
+    if device == "cpu":
+        from .ort import OrtRuntime
+
+        return OrtRuntime()
+    raise RuntimeError(f"mxtrt: no runtime for {device} contexts yet")

@@ -1,0 +1,156 @@
+"""The engine cache: in memory for this process, on disk across processes.
+
+A disk entry is ``<key>.engine``: a header (magic, format, runtime, runtime version, payload
+size and sha256) followed by the serialized engine. An entry that fails any check is discarded
+with one WARNING and rebuilt, so a damaged cache costs time, never a wrong answer. Writers take
+a file lock and write a temporary file that is renamed into place, so readers never see a torn
+file and two processes building the same engine leave one file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from filelock import FileLock
+
+from . import Engine
+
+log = logging.getLogger("mxtrt")
+
+MAGIC = b"MXTRTENG"
+FORMAT = 1
+_HEADER_LEN = struct.Struct("<I")
+
+
+class CorruptEntry(ValueError):
+    pass
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """A stable digest of everything an engine depends on."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def pack(blob: bytes, runtime: str, version: str) -> bytes:
+    header = json.dumps({"format": FORMAT, "runtime": runtime, "version": version,
+                         "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}).encode()
+    return MAGIC + _HEADER_LEN.pack(len(header)) + header + blob
+
+
+def unpack(data: bytes, runtime: str, version: str) -> bytes:
+    if not data.startswith(MAGIC):
+        raise CorruptEntry("not an mxtrt engine file (bad magic)")
+    start = len(MAGIC) + _HEADER_LEN.size
+    if len(data) < start:
+        raise CorruptEntry("truncated header")
+    (length,) = _HEADER_LEN.unpack_from(data, len(MAGIC))
+    try:
+        header = json.loads(data[start:start + length])
+    except ValueError:
+        raise CorruptEntry("unreadable header") from None
+    blob = data[start + length:]
+    expected = {"format": FORMAT, "runtime": runtime, "version": version}
+    found = {k: header.get(k) for k in expected}
+    if found != expected:
+        raise CorruptEntry(f"built by {found}, this process runs {expected}")
+    if header.get("size") != len(blob) or header.get("sha256") != hashlib.sha256(blob).hexdigest():
+        raise CorruptEntry("payload size or checksum mismatch (truncated or damaged)")
+    return blob
+
+
+@dataclass
+class Hit:
+    engine: Engine
+    source: str  # "memory", "disk" or "built"
+
+
+class EngineCache:
+    def __init__(self) -> None:
+        self._engines: dict[str, Engine] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._unwritable: set[str] = set()
+
+    def clear_memory(self) -> None:
+        with self._guard:
+            self._engines.clear()
+
+    def get(self, key: str, cache_dir: str, runtime: str, version: str,
+            build: Callable[[], bytes], load: Callable[[bytes], Engine]) -> Hit:
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # one build per key in this process
+            engine = self._engines.get(key)
+            if engine is not None:
+                return Hit(engine, "memory")
+            hit = self._from_disk(key, cache_dir, runtime, version, build, load)
+            self._engines[key] = hit.engine
+            return hit
+
+    def _from_disk(self, key: str, cache_dir: str, runtime: str, version: str,
+                   build: Callable[[], bytes], load: Callable[[bytes], Engine]) -> Hit:
+        folder = self._writable(cache_dir)
+        if folder is None:
+            return Hit(load(build()), "built")
+        path = folder / f"{key}.engine"
+        with FileLock(str(path) + ".lock"):  # one build per key across processes
+            blob = self._read(path, runtime, version)
+            if blob is not None:
+                return Hit(load(blob), "disk")
+            blob = build()
+            self._write(path, pack(blob, runtime, version))
+        return Hit(load(blob), "built")
+
+    def _writable(self, cache_dir: str) -> Path | None:
+        if cache_dir in self._unwritable:
+            return None
+        folder = Path(cache_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError(f"no write permission on {folder}")
+        except OSError as err:
+            self._unwritable.add(cache_dir)
+            log.warning("mxtrt: engine cache folder %s is not writable (%s); caching engines in "
+                        "memory only. Set cache_dir or $MXTRT_CACHE_DIR to a writable folder.",
+                        cache_dir, err)
+            return None
+        return folder
+
+    @staticmethod
+    def _read(path: Path, runtime: str, version: str) -> bytes | None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return unpack(data, runtime, version)
+        except CorruptEntry as err:
+            log.warning("mxtrt: discarding cached engine %s: %s; rebuilding it", path, err)
+            path.unlink(missing_ok=True)
+            return None
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            Path(tmp).unlink(missing_ok=True)
+            log.warning("mxtrt: could not write engine cache file %s (%s); keeping the engine in "
+                        "memory only", path, err)
+
+
+ENGINES = EngineCache()

@@ -1,0 +1,137 @@
+"""A `_TensorRT` subgraph -> ONNX, with MXNet's own exporter (mx.onnx / mx2onnx).
+
+Export happens in two steps because the two halves are available at different times:
+
+* ``export_structure`` runs when MXNet creates the op (shapes and dtypes are known, MXNet may be
+  called). Every subgraph input, parameters included, is an ONNX graph input.
+* ``bake_params`` runs at the first forward (values are known, MXNet must not be called: the
+  forward runs inside MXNet's engine). It moves parameter inputs into ONNX initializers, so the
+  runtime sees them as constants, and is pure ONNX/numpy.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+# mx2onnx has converters for opsets 12 and 13 only; mx.onnx.export_model stamps the model with
+# the newest opset the installed onnx knows, which changes the meaning of ops such as ReduceMean
+# (axes moved from attribute to input in opset 18). We pin 13, which TensorRT's parser accepts.
+OPSET = 13
+
+# Attributes the partitioner adds to subgraph variables; they are not part of the computation.
+_BOOKKEEPING_ATTRS = ("isArg", "isAux", "argName")
+
+
+class ExportError(RuntimeError):
+    """mx2onnx could not convert a subgraph."""
+
+
+@dataclass(frozen=True)
+class Subgraph:
+    """A `_TensorRT` node's subgraph, canonicalised so equal computations hash equal."""
+
+    graph: dict
+    input_names: tuple[str, ...]
+    compute_nodes: int
+    digest: str
+
+    @classmethod
+    def from_json(cls, text: str) -> "Subgraph":
+        graph = json.loads(text)
+        for node in graph["nodes"]:
+            attrs = node.get("attrs", {})
+            for key in list(attrs):
+                if key.startswith("__ext_") or key in _BOOKKEEPING_ATTRS:
+                    del attrs[key]
+        inputs = tuple(n["name"] for n in graph["nodes"] if n["op"] == "null")
+        compute = sum(1 for n in graph["nodes"] if n["op"] != "null")
+        canonical = json.dumps(graph, sort_keys=True)
+        return cls(graph, inputs, compute, hashlib.sha256(canonical.encode()).hexdigest())
+
+    def to_json(self) -> str:
+        import mxnet as mx
+
+        # Stamped so MXNet does not take the graph for a pre-1.0 file and "upgrade" it.
+        major, minor, patch = (int(p) for p in mx.__version__.split(".")[:3])
+        version = ["int", major * 10000 + minor * 100 + patch]
+        return json.dumps(dict(self.graph, attrs={"mxnet_version": version}))
+
+
+@dataclass(frozen=True)
+class ExportedGraph:
+    onnx_bytes: bytes
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+
+def _onnx_output_name(mx_output: str) -> str:
+    # mx2onnx names a graph output after its node: "x_output" -> "x", "x_output1" -> "x1".
+    if mx_output.endswith("_output"):
+        return mx_output[: -len("_output")]
+    stem, _, index = mx_output.rpartition("_output")
+    return stem + index if stem and index.isdigit() else mx_output
+
+
+def _fix_gamma_constants(model: onnx.ModelProto, graph: dict,
+                         shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, np.dtype]) -> None:
+    """BatchNorm(fix_gamma=True) ignores gamma in MXNet; mx2onnx drops that flag, so feed ones."""
+    nodes = graph["nodes"]
+    for node in nodes:
+        if node["op"] != "BatchNorm" or node.get("attrs", {}).get("fix_gamma", "True") not in ("True", "1"):
+            continue
+        gamma = nodes[node["inputs"][1][0]]["name"]
+        ones_name = f"{node['name']}__fixed_gamma"
+        ones = np.ones(shapes[gamma], dtype=dtypes[gamma])
+        model.graph.initializer.append(numpy_helper.from_array(ones, ones_name))
+        for onnx_node in model.graph.node:
+            if onnx_node.op_type == "BatchNormalization" and onnx_node.name == node["name"]:
+                onnx_node.input[1] = ones_name
+
+
+def export_structure(subgraph: Subgraph, in_shapes: Sequence[Sequence[int]],
+                     in_dtypes: Sequence[np.dtype]) -> ExportedGraph:
+    """Export with every subgraph input as an ONNX graph input. Calls MXNet (symbol API only)."""
+    import mxnet as mx
+    from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
+
+    sym = mx.sym.load_json(subgraph.to_json())
+    onnx_types = [helper.np_dtype_to_tensor_dtype(np.dtype(t)) for t in in_dtypes]
+    try:
+        graph = MXNetGraph().create_onnx_graph_proto(
+            sym, {}, [tuple(s) for s in in_shapes], onnx_types, opset_version=OPSET, dynamic=False)
+    except (AttributeError, NotImplementedError, ValueError, KeyError, TypeError, AssertionError) as err:
+        raise ExportError(f"mx2onnx cannot export this subgraph: {err}") from err
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="mxtrt")
+    shapes = dict(zip(subgraph.input_names, in_shapes))
+    dtypes = dict(zip(subgraph.input_names, (np.dtype(t) for t in in_dtypes)))
+    _fix_gamma_constants(model, subgraph.graph, shapes, dtypes)
+    outputs = tuple(_onnx_output_name(name) for name in sym.list_outputs())
+    by_name = {o.name: o for o in model.graph.output}
+    missing = [name for name in outputs if name not in by_name]
+    if missing:
+        raise ExportError(f"mx2onnx did not produce the subgraph outputs {missing}")
+    # mx2onnx sorts outputs by name; MXNet expects them in the subgraph's head order.
+    ordered = [by_name[name] for name in outputs]
+    del model.graph.output[:]
+    model.graph.output.extend(ordered)
+    return ExportedGraph(model.SerializeToString(), subgraph.input_names, outputs)
+
+
+def bake_params(exported: ExportedGraph, params: Mapping[str, np.ndarray]) -> ExportedGraph:
+    """Turn the named graph inputs into initializers holding these values. Pure ONNX."""
+    model = onnx.load_from_string(exported.onnx_bytes)
+    kept = [vi for vi in model.graph.input if vi.name not in params]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    for name, value in params.items():
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+    onnx.checker.check_model(model)
+    inputs = tuple(name for name in exported.input_names if name not in params)
+    return ExportedGraph(model.SerializeToString(), inputs, exported.output_names)

@@ -1,0 +1,257 @@
+"""The glue MXNet calls: the partitioner callbacks and the `_TensorRT` op's life cycle.
+
+``create`` runs when MXNet creates a `_TensorRT` op (bind, or a Gluon forward): it exports the
+subgraph's structure to ONNX, the last moment MXNet may be called. ``forward`` runs inside
+MXNet's engine and must not call MXNet: it bakes parameter values into the ONNX graph, gets an
+engine from the cache (rebuilding when a parameter changed) and runs it on MXNet's buffers.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import itertools
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import config, export, partition
+from .engine import Engine, Runtime, TensorRef, runtime_for
+from .engine.cache import ENGINES, cache_key
+from .extension import DEVICE_NAMES, Extension, ids_from_flags, key_values, shapes, strings
+
+log = logging.getLogger("mxtrt")
+
+SUBGRAPH_ATTR = "subgraph_sym_json"
+
+# MXNet's dtype codes in the extension API (lib_api.h, MXDType).
+DTYPES = {0: np.dtype(np.float32), 1: np.dtype(np.float64), 2: np.dtype(np.float16),
+          3: np.dtype(np.uint8), 4: np.dtype(np.int32), 5: np.dtype(np.int8),
+          6: np.dtype(np.int64)}
+
+
+def dtype_of(code: int) -> np.dtype:
+    try:
+        return DTYPES[code]
+    except KeyError:
+        raise TypeError(f"MXNet dtype code {code} is not supported by the TensorRT backend") from None
+
+
+def host_array(ref: TensorRef) -> np.ndarray:
+    """A numpy view of host memory MXNet owns (valid for the duration of the call)."""
+    buffer = (ctypes.c_char * ref.nbytes).from_address(ref.ptr)
+    return np.frombuffer(buffer, dtype=ref.dtype).reshape(ref.shape)
+
+
+@dataclass
+class OpState:
+    name: str
+    subgraph: export.Subgraph
+    structure: export.ExportedGraph
+    structure_digest: str
+    params: tuple[int, ...]
+    data: tuple[int, ...]
+    in_shapes: tuple[tuple[int, ...], ...]
+    in_dtypes: tuple[np.dtype, ...]
+    options: config.Options
+    runtime: Runtime
+    device: str
+    device_id: int
+    engine: Engine | None = None
+    fingerprint: tuple[tuple[int, int], ...] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_states: dict[int, OpState] = {}
+_handles = itertools.count()
+_structures: dict[tuple[Any, ...], tuple[export.ExportedGraph, str]] = {}
+# (structure, parameter addresses and versions) -> digest of the parameter values, so a new op
+# state over unchanged parameters (Gluon creates one per forward) does not hash them again.
+_param_digests: dict[tuple[Any, ...], str] = {}
+_lock = threading.Lock()
+
+
+def _structure(subgraph: export.Subgraph, in_shapes: Sequence[tuple[int, ...]],
+               in_dtypes: Sequence[np.dtype]) -> tuple[export.ExportedGraph, str]:
+    key = (subgraph.digest, tuple(in_shapes), tuple(d.str for d in in_dtypes))
+    with _lock:
+        found = _structures.get(key)
+    if found is None:
+        exported = export.export_structure(subgraph, in_shapes, in_dtypes)
+        found = (exported, hashlib.sha256(exported.onnx_bytes).hexdigest())
+        with _lock:
+            _structures[key] = found
+    return found
+
+
+def create_state(attrs: dict[str, str], device: str, device_id: int,
+                 in_shapes: Sequence[tuple[int, ...]], in_dtypes: Sequence[np.dtype]) -> int:
+    subgraph = export.Subgraph.from_json(attrs[SUBGRAPH_ATTR])
+    options = config.resolve(json.loads(attrs.get(partition.ATTR_OPTIONS, "{}")))
+    if len(in_shapes) != len(subgraph.input_names):
+        raise ValueError(f"_TensorRT got {len(in_shapes)} inputs, its subgraph has "
+                         f"{len(subgraph.input_names)}: {list(subgraph.input_names)}")
+    param_names = set(json.loads(attrs.get(partition.ATTR_PARAMS, "[]")))
+    params = tuple(i for i, name in enumerate(subgraph.input_names) if name in param_names)
+    structure, structure_digest = _structure(subgraph, in_shapes, in_dtypes)
+    state = OpState(
+        name=subgraph.digest[:12], subgraph=subgraph, structure=structure,
+        structure_digest=structure_digest, params=params,
+        data=tuple(i for i in range(len(in_shapes)) if i not in params),
+        in_shapes=tuple(in_shapes), in_dtypes=tuple(in_dtypes), options=options,
+        runtime=runtime_for(device), device=device, device_id=device_id)
+    handle = next(_handles)
+    with _lock:
+        _states[handle] = state
+    return handle
+
+
+def _check_inputs(state: OpState, inputs: Sequence[TensorRef]) -> None:
+    for name, ref, shape, dtype in zip(state.subgraph.input_names, inputs, state.in_shapes,
+                                       state.in_dtypes):
+        if ref.shape != shape or ref.dtype != dtype:
+            raise ValueError(f"_TensorRT subgraph {state.name}: input '{name}' is {ref.dtype}"
+                             f"{list(ref.shape)}, the engine was made for {dtype}{list(shape)}")
+
+
+def _param_digest(state: OpState, inputs: Sequence[TensorRef],
+                  fingerprint: tuple[tuple[int, int], ...]) -> str:
+    memo = (state.structure_digest, fingerprint)
+    with _lock:
+        digest = _param_digests.get(memo)
+    if digest is None:
+        h = hashlib.sha256()
+        for i in state.params:
+            h.update(host_array(inputs[i]).tobytes())
+        digest = h.hexdigest()
+        with _lock:
+            _param_digests[memo] = digest
+    return digest
+
+
+def _engine_for(state: OpState, inputs: Sequence[TensorRef],
+                fingerprint: tuple[tuple[int, int], ...]) -> Engine:
+    runtime, options = state.runtime, state.options
+    key = cache_key({
+        "structure": state.structure_digest,
+        "params": _param_digest(state, inputs, fingerprint),
+        "runtime": runtime.name, "version": runtime.version(),
+        "device": runtime.device_key(state.device_id), "options": options.engine_key(),
+    })
+    names = [state.subgraph.input_names[i] for i in state.params]
+
+    def build() -> bytes:
+        values = {n: host_array(inputs[i]).copy() for n, i in zip(names, state.params)}
+        baked = export.bake_params(state.structure, values)
+        return runtime.build(baked.onnx_bytes, baked.input_names, baked.output_names, options,
+                             state.device_id)
+
+    data_names = [state.subgraph.input_names[i] for i in state.data]
+    start = time.perf_counter()
+    hit = ENGINES.get(key, options.cache_dir, runtime.name, runtime.version(), build,
+                      lambda blob: runtime.load(blob, data_names, state.structure.output_names,
+                                                options, state.device_id))
+    if hit.source != "memory":
+        log.info("mxtrt: subgraph %s: %d nodes, runtime %s, %.1f ms, cache %s", state.name,
+                 state.subgraph.compute_nodes, runtime.name,
+                 (time.perf_counter() - start) * 1e3, "miss" if hit.source == "built" else "hit (disk)")
+    return hit.engine
+
+
+def run_state(state: OpState, inputs: Sequence[TensorRef], outputs: Sequence[TensorRef],
+              stream: int) -> None:
+    _check_inputs(state, inputs)
+    fingerprint = tuple((inputs[i].ptr, inputs[i].version) for i in state.params)
+    with state.lock:
+        if state.engine is None or fingerprint != state.fingerprint:
+            state.engine = _engine_for(state, inputs, fingerprint)
+            state.fingerprint = fingerprint
+        engine = state.engine
+    engine.run([inputs[i] for i in state.data], outputs, stream)
+
+
+# --- The C callbacks (signatures in extension.py). Each returns failure with an error reply
+# instead of raising: an exception must never unwind through MXNet's C++ frames.
+
+_ext: Extension | None = None
+
+
+def _options(count: int, keys: Any, vals: Any) -> tuple[config.Options, dict[str, str]]:
+    raw = key_values(keys, vals, count)
+    return config.resolve(raw), config.explicit(raw)
+
+
+def _supported(graph_json: bytes, num_opts: int, keys: Any, vals: Any, num_nodes: int,
+               json_to_id: Any, ids: Any, reply: int) -> int:
+    try:
+        options, _ = _options(num_opts, keys, vals)
+        ids_from_flags(partition.select(graph_json.decode(), options), json_to_id, ids)
+        return 1
+    except Exception as err:  # noqa: BLE001 - reported to MXNet, which raises MXNetError
+        assert _ext is not None
+        _ext.reply_error(reply, err)
+        return 0
+
+
+def _review(subgraph_json: bytes, subgraph_id: int, num_opts: int, keys: Any, vals: Any,
+            num_params: int, names: Any, data: Any, param_shapes: Any, ndims: Any, dtypes: Any,
+            reply: int) -> int:
+    assert _ext is not None
+    try:
+        options, explicit = _options(num_opts, keys, vals)
+        accept, attrs = partition.review(subgraph_json.decode(), subgraph_id, options, explicit,
+                                         strings(names, num_params))
+        _ext.reply_accept(reply, accept)
+        _ext.reply_attrs(reply, attrs)
+        return 1
+    except Exception as err:  # noqa: BLE001
+        _ext.reply_error(reply, err)
+        return 0
+
+
+def _create(num_attrs: int, keys: Any, vals: Any, dev_type: int, dev_id: int, num_in: int,
+            flat_shapes: Any, ndims: Any, dtypes: Any, reply: int) -> int:
+    assert _ext is not None
+    try:
+        return create_state(key_values(keys, vals, num_attrs), DEVICE_NAMES[dev_type], dev_id,
+                            shapes(flat_shapes, ndims, num_in),
+                            [dtype_of(dtypes[i]) for i in range(num_in)])
+    except Exception as err:  # noqa: BLE001
+        _ext.reply_error(reply, err)
+        return -1
+
+
+def _refs(count: int, data: Any, flat_shapes: Any, ndims: Any, dtypes: Any,
+          versions: Any = None) -> list[TensorRef]:
+    return [TensorRef(data[i] or 0, shape, dtype_of(dtypes[i]), versions[i] if versions else 0)
+            for i, shape in enumerate(shapes(flat_shapes, ndims, count))]
+
+
+def _forward(handle: int, num_in: int, in_data: Any, in_shapes: Any, in_ndims: Any,
+             in_dtypes: Any, in_versions: Any, num_out: int, out_data: Any, out_shapes: Any,
+             out_ndims: Any, out_dtypes: Any, dev_type: int, dev_id: int, stream: int,
+             reply: int) -> int:
+    assert _ext is not None
+    try:
+        state = _states[handle]
+        run_state(state, _refs(num_in, in_data, in_shapes, in_ndims, in_dtypes, in_versions),
+                  _refs(num_out, out_data, out_shapes, out_ndims, out_dtypes), stream or 0)
+        return 1
+    except Exception as err:  # noqa: BLE001
+        _ext.reply_error(reply, err)
+        return 0
+
+
+def _destroy(handle: int) -> None:
+    with _lock:
+        _states.pop(handle, None)
+
+
+def install(path: str) -> Extension:
+    global _ext
+    _ext = Extension(path, _supported, _review, _create, _forward, _destroy)
+    return _ext

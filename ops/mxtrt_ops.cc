@@ -1,0 +1,256 @@
+// mxtrt extension library: registers the `TensorRT` partitioner and the `_TensorRT`
+// stateful subgraph op with MXNet's extension API.
+//
+// The C++ here is deliberately a shim. Every decision (which nodes, what to export, which
+// runtime, caching) is made by the Python package, which installs its callbacks with
+// mxtrt_set_callbacks() right after MXNet loads this library. Keeping policy in Python
+// means one source of truth for op support and options, and no MXNet internals here.
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "lib_api.h"
+
+using mxnet::ext::CustomStatefulOp;
+using mxnet::ext::Graph;
+using mxnet::ext::MXContext;
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::OpResource;
+using mxnet::ext::MX_FAIL;
+using mxnet::ext::MX_SUCCESS;
+
+extern "C" {
+// A reply sink: Python writes strings (errors) or key/value pairs (attributes) through the
+// exported mxtrt_reply_* functions, so no memory ever crosses the boundary with two owners.
+struct MxtrtReply {
+  std::string error;
+  std::unordered_map<std::string, std::string>* attrs = nullptr;
+  bool accept = false;
+};
+
+typedef int (*supported_cb_t)(const char* graph_json, int num_opts, const char* const* opt_keys,
+                              const char* const* opt_vals, int num_nodes, const int* json_to_id,
+                              int* ids, MxtrtReply* reply);
+typedef int (*review_cb_t)(const char* subgraph_json, int subgraph_id, int num_opts,
+                           const char* const* opt_keys, const char* const* opt_vals,
+                           int num_params, const char* const* param_names,
+                           void* const* param_data, const int64_t* param_shapes,
+                           const int* param_ndims, const int* param_dtypes, MxtrtReply* reply);
+typedef int64_t (*create_cb_t)(int num_attrs, const char* const* keys, const char* const* vals,
+                               int dev_type, int dev_id, int num_in, const int64_t* in_shapes,
+                               const int* in_ndims, const int* in_dtypes, MxtrtReply* reply);
+typedef int (*forward_cb_t)(int64_t handle, int num_in, void* const* in_data,
+                            const int64_t* in_shapes, const int* in_ndims, const int* in_dtypes,
+                            const uint64_t* in_versions, int num_out, void* const* out_data,
+                            const int64_t* out_shapes, const int* out_ndims,
+                            const int* out_dtypes, int dev_type, int dev_id, void* stream,
+                            MxtrtReply* reply);
+typedef void (*destroy_cb_t)(int64_t handle);
+}
+
+namespace {
+
+struct Callbacks {
+  supported_cb_t supported = nullptr;
+  review_cb_t review = nullptr;
+  create_cb_t create = nullptr;
+  forward_cb_t forward = nullptr;
+  destroy_cb_t destroy = nullptr;
+};
+
+// Read under the mutex and copied out, so clearing at interpreter exit cannot race a call.
+std::mutex g_mutex;
+Callbacks g_callbacks;
+
+Callbacks callbacks() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return g_callbacks;
+}
+
+const char kNotLoaded[] =
+    "mxtrt: the Python side of the TensorRT backend is not loaded; run `import mxtrt_backend` "
+    "before using the TensorRT backend";
+
+// Options and attributes travel as parallel key/value arrays; the vectors own nothing.
+struct KeyVals {
+  std::vector<const char*> keys, vals;
+  explicit KeyVals(const std::unordered_map<std::string, std::string>& map) {
+    for (const auto& kv : map) {
+      keys.push_back(kv.first.c_str());
+      vals.push_back(kv.second.c_str());
+    }
+  }
+  int size() const { return static_cast<int>(keys.size()); }
+};
+
+// Shapes travel as one flat int64 array plus a rank per tensor.
+struct Shapes {
+  std::vector<int64_t> flat;
+  std::vector<int> ndims;
+  template <typename Dims>
+  void add(const Dims& dims) {
+    ndims.push_back(static_cast<int>(dims.size()));
+    for (auto d : dims) flat.push_back(static_cast<int64_t>(d));
+  }
+};
+
+int dev_type_code(const MXContext& ctx) { return ctx.dev_type == "gpu" ? 2 : 1; }
+
+MXReturnValue fail(const std::string& message) {
+  MX_ERROR_MSG << message;
+  return MX_FAIL;
+}
+
+MXReturnValue supportedOps(const Graph* graph, std::vector<int>* ids,
+                           const std::unordered_map<std::string, std::string>& options) {
+  Callbacks cb = callbacks();
+  if (!cb.supported) return fail(kNotLoaded);
+  KeyVals opts(options);
+  // Graph::toString() renumbers nodes in its own topological order, while `ids` follows
+  // MXNet's node order; tell Python which id slot each JSON node owns.
+  std::unordered_map<const mxnet::ext::Node*, int> id_of;
+  for (size_t i = 0; i < graph->size(); i++) id_of[graph->getNode(i)] = static_cast<int>(i);
+  std::vector<mxnet::ext::Node*> reverse_topo = graph->topological_sort();
+  std::vector<int> json_to_id;
+  for (auto it = reverse_topo.rbegin(); it != reverse_topo.rend(); ++it)
+    json_to_id.push_back(id_of[*it]);
+  MxtrtReply reply;
+  std::string json = graph->toString();
+  if (!cb.supported(json.c_str(), opts.size(), opts.keys.data(), opts.vals.data(),
+                    static_cast<int>(json_to_id.size()), json_to_id.data(), ids->data(), &reply))
+    return fail(reply.error);
+  return MX_SUCCESS;
+}
+
+MXReturnValue reviewSubgraph(const Graph* subgraph, int subgraph_id, bool* accept,
+                             const std::unordered_map<std::string, std::string>& options,
+                             std::unordered_map<std::string, std::string>* attrs) {
+  Callbacks cb = callbacks();
+  if (!cb.review) return fail(kNotLoaded);
+  // Parameter values are known only when the user passed args/aux to optimize_for.
+  std::vector<const char*> names;
+  std::vector<void*> data;
+  std::vector<int> dtypes;
+  Shapes shapes;
+  for (const mxnet::ext::Node* node : subgraph->inputs) {
+    if (node->tensor == nullptr || node->tensor->ctx.dev_type != "cpu") continue;
+    names.push_back(node->name.c_str());
+    data.push_back(node->tensor->data_ptr);
+    dtypes.push_back(node->tensor->dtype);
+    shapes.add(node->tensor->shape);
+  }
+  KeyVals opts(options);
+  MxtrtReply reply;
+  reply.attrs = attrs;
+  std::string json = subgraph->toString();
+  if (!cb.review(json.c_str(), subgraph_id, opts.size(), opts.keys.data(), opts.vals.data(),
+                 static_cast<int>(names.size()), names.data(), data.data(), shapes.flat.data(),
+                 shapes.ndims.data(), dtypes.data(), &reply))
+    return fail(reply.error);
+  *accept = reply.accept;
+  return MX_SUCCESS;
+}
+
+class TensorRTOp : public CustomStatefulOp {
+ public:
+  explicit TensorRTOp(int64_t handle) : handle_(handle) {}
+
+  ~TensorRTOp() override {
+    Callbacks cb = callbacks();
+    if (cb.destroy) cb.destroy(handle_);
+  }
+
+  MXReturnValue Forward(std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                        const OpResource& res) override {
+    Callbacks cb = callbacks();
+    if (!cb.forward) return fail(kNotLoaded);
+    std::vector<void*> in_data, out_data;
+    std::vector<int> in_dtypes, out_dtypes;
+    std::vector<uint64_t> in_versions;
+    Shapes in_shapes, out_shapes;
+    for (const MXTensor& t : *inputs) {
+      in_data.push_back(t.data_ptr);
+      in_dtypes.push_back(t.dtype);
+      in_versions.push_back(t.verID);
+      in_shapes.add(t.shape);
+    }
+    for (const MXTensor& t : *outputs) {
+      out_data.push_back(t.data_ptr);
+      out_dtypes.push_back(t.dtype);
+      out_shapes.add(t.shape);
+    }
+    const MXContext& ctx = inputs->empty() ? outputs->at(0).ctx : inputs->at(0).ctx;
+    MxtrtReply reply;
+    if (!cb.forward(handle_, static_cast<int>(in_data.size()), in_data.data(),
+                    in_shapes.flat.data(), in_shapes.ndims.data(), in_dtypes.data(),
+                    in_versions.data(), static_cast<int>(out_data.size()), out_data.data(),
+                    out_shapes.flat.data(), out_shapes.ndims.data(), out_dtypes.data(),
+                    dev_type_code(ctx), ctx.dev_id, res.get_cuda_stream(), &reply))
+      return fail(reply.error);
+    return MX_SUCCESS;
+  }
+
+ private:
+  int64_t handle_;
+};
+
+MXReturnValue createOpState(const std::unordered_map<std::string, std::string>& attrs,
+                            const MXContext& ctx,
+                            const std::vector<std::vector<unsigned int> >& in_shapes,
+                            const std::vector<int> in_types, CustomStatefulOp** op_inst) {
+  Callbacks cb = callbacks();
+  if (!cb.create) return fail(kNotLoaded);
+  KeyVals kv(attrs);
+  Shapes shapes;
+  for (const auto& s : in_shapes) shapes.add(s);
+  MxtrtReply reply;
+  int64_t handle = cb.create(kv.size(), kv.keys.data(), kv.vals.data(), dev_type_code(ctx),
+                             ctx.dev_id, static_cast<int>(in_shapes.size()), shapes.flat.data(),
+                             shapes.ndims.data(), in_types.data(), &reply);
+  if (handle < 0) return fail(reply.error);
+  *op_inst = CustomStatefulOp::create<TensorRTOp>(handle);
+  return MX_SUCCESS;
+}
+
+}  // namespace
+
+REGISTER_OP(_TensorRT)
+    .setIsSubgraphOp()
+    .setCreateOpState(createOpState, "cpu")
+    .setCreateOpState(createOpState, "gpu");
+
+REGISTER_PARTITIONER(TensorRT)
+    .addStrategy("strategy1", "_TensorRT")
+    .setSupportedOps("strategy1", supportedOps)
+    .setReviewSubgraph("strategy1", reviewSubgraph);
+
+extern "C" {
+
+MXReturnValue initialize(int version) {
+  // The extension API this file is written against arrived in MXNet 1.9.
+  return version >= 10900 ? MX_SUCCESS : MX_FAIL;
+}
+
+void mxtrt_set_callbacks(supported_cb_t supported, review_cb_t review, create_cb_t create,
+                         forward_cb_t forward, destroy_cb_t destroy) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_callbacks = Callbacks{supported, review, create, forward, destroy};
+}
+
+void mxtrt_clear_callbacks() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_callbacks = Callbacks{};
+}
+
+void mxtrt_reply_error(MxtrtReply* reply, const char* message) { reply->error = message; }
+
+void mxtrt_reply_accept(MxtrtReply* reply, int accept) { reply->accept = accept != 0; }
+
+void mxtrt_reply_attr(MxtrtReply* reply, const char* key, const char* value) {
+  if (reply->attrs) (*reply->attrs)[key] = value;
+}
+
+}  // extern "C"
