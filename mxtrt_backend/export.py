@@ -45,13 +45,13 @@ class Subgraph:
     def from_json(cls, text: str) -> "Subgraph":
         graph = json.loads(text)
         for node in graph["nodes"]:
-            attrs = node.get("attrs", {})
-            for key in list(attrs):
-                if key.startswith("__ext_") or key in _BOOKKEEPING_ATTRS:
-                    del attrs[key]
+            attrs = {k: v for k, v in node.pop("attrs", {}).items()
+                     if not k.startswith("__ext_") and k not in _BOOKKEEPING_ATTRS}
+            if attrs:
+                node["attrs"] = attrs
         inputs = tuple(n["name"] for n in graph["nodes"] if n["op"] == "null")
         compute = sum(1 for n in graph["nodes"] if n["op"] != "null")
-        canonical = json.dumps(graph, sort_keys=True)
+        canonical = json.dumps({"nodes": graph["nodes"], "heads": graph["heads"]}, sort_keys=True)
         return cls(graph, inputs, compute, hashlib.sha256(canonical.encode()).hexdigest())
 
     def to_json(self) -> str:
@@ -105,7 +105,8 @@ def export_structure(subgraph: Subgraph, in_shapes: Sequence[Sequence[int]],
     try:
         graph = MXNetGraph().create_onnx_graph_proto(
             sym, {}, [tuple(s) for s in in_shapes], onnx_types, opset_version=OPSET, dynamic=False)
-    except (AttributeError, NotImplementedError, ValueError, KeyError, TypeError, AssertionError) as err:
+    except (mx.MXNetError, AttributeError, NotImplementedError, ValueError, KeyError, TypeError,
+            AssertionError) as err:
         raise ExportError(f"mx2onnx cannot export this subgraph: {err}") from err
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="mxtrt")

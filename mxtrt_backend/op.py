@@ -7,7 +7,7 @@ engine from the cache (rebuilding when a parameter changed) and runs it on MXNet
 """
 from __future__ import annotations
 
-import ctypes
+import functools
 import hashlib
 import itertools
 import json
@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -39,12 +39,6 @@ def dtype_of(code: int) -> np.dtype:
         return DTYPES[code]
     except KeyError:
         raise TypeError(f"MXNet dtype code {code} is not supported by the TensorRT backend") from None
-
-
-def host_array(ref: TensorRef) -> np.ndarray:
-    """A numpy view of host memory MXNet owns (valid for the duration of the call)."""
-    buffer = (ctypes.c_char * ref.nbytes).from_address(ref.ptr)
-    return np.frombuffer(buffer, dtype=ref.dtype).reshape(ref.shape)
 
 
 @dataclass
@@ -126,7 +120,7 @@ def _param_digest(state: OpState, inputs: Sequence[TensorRef],
     if digest is None:
         h = hashlib.sha256()
         for i in state.params:
-            h.update(host_array(inputs[i]).tobytes())
+            h.update(state.runtime.to_host(inputs[i]).tobytes())
         digest = h.hexdigest()
         with _lock:
             _param_digests[memo] = digest
@@ -145,7 +139,7 @@ def _engine_for(state: OpState, inputs: Sequence[TensorRef],
     names = [state.subgraph.input_names[i] for i in state.params]
 
     def build() -> bytes:
-        values = {n: host_array(inputs[i]).copy() for n, i in zip(names, state.params)}
+        values = {n: runtime.to_host(inputs[i]).copy() for n, i in zip(names, state.params)}
         baked = export.bake_params(state.structure, values)
         return runtime.build(baked.onnx_bytes, baked.input_names, baked.output_names, options,
                              state.device_id)
@@ -179,6 +173,36 @@ def run_state(state: OpState, inputs: Sequence[TensorRef], outputs: Sequence[Ten
 
 _ext: Extension | None = None
 
+# MXNet drops a partitioner's error message (op errors keep theirs), so the exception is kept
+# here and re-raised by `translating` wrappers around the Python calls that partition.
+_pending = threading.local()
+
+
+def _partition_failed(reply: int, err: Exception) -> int:
+    assert _ext is not None
+    _pending.error = err
+    _ext.reply_error(reply, err)
+    return 0
+
+
+def translating(call: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap an MXNet call that may partition, so our error surfaces with its type and message."""
+
+    @functools.wraps(call)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import mxnet as mx
+
+        _pending.error = None
+        try:
+            return call(*args, **kwargs)
+        except mx.MXNetError as mx_err:
+            err, _pending.error = _pending.error, None
+            if err is None:
+                raise
+            raise err from mx_err
+
+    return wrapper
+
 
 def _options(count: int, keys: Any, vals: Any) -> tuple[config.Options, dict[str, str]]:
     raw = key_values(keys, vals, count)
@@ -192,9 +216,7 @@ def _supported(graph_json: bytes, num_opts: int, keys: Any, vals: Any, num_nodes
         ids_from_flags(partition.select(graph_json.decode(), options), json_to_id, ids)
         return 1
     except Exception as err:  # noqa: BLE001 - reported to MXNet, which raises MXNetError
-        assert _ext is not None
-        _ext.reply_error(reply, err)
-        return 0
+        return _partition_failed(reply, err)
 
 
 def _review(subgraph_json: bytes, subgraph_id: int, num_opts: int, keys: Any, vals: Any,
@@ -209,8 +231,7 @@ def _review(subgraph_json: bytes, subgraph_id: int, num_opts: int, keys: Any, va
         _ext.reply_attrs(reply, attrs)
         return 1
     except Exception as err:  # noqa: BLE001
-        _ext.reply_error(reply, err)
-        return 0
+        return _partition_failed(reply, err)
 
 
 def _create(num_attrs: int, keys: Any, vals: Any, dev_type: int, dev_id: int, num_in: int,
@@ -252,6 +273,9 @@ def _destroy(handle: int) -> None:
 
 
 def install(path: str) -> Extension:
+    import mxnet as mx
+
     global _ext
     _ext = Extension(path, _supported, _review, _create, _forward, _destroy)
+    mx.sym.Symbol.optimize_for = translating(mx.sym.Symbol.optimize_for)
     return _ext

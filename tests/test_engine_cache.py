@@ -1,0 +1,122 @@
+"""The engine cache: keys, the file format, damaged files, and reuse by a new process."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mxtrt_backend.engine import cache
+from mxtrt_backend.engine.cache import CorruptEntry, EngineCache, cache_key, pack, unpack
+
+
+class Counter:
+    """A build/load pair that records calls; stands in for a runtime, not for MXNet or ONNX."""
+
+    def __init__(self, blob: bytes = b"engine-bytes") -> None:
+        self.blob, self.builds, self.loads = blob, 0, []
+
+    def build(self) -> bytes:
+        self.builds += 1
+        return self.blob
+
+    def load(self, blob: bytes) -> object:
+        self.loads.append(blob)
+        return ("engine", blob)
+
+
+def get(c: EngineCache, counter: Counter, folder, key: str = "k" * 64, version: str = "1.0"):
+    return c.get(key, str(folder), "rt", version, counter.build, counter.load)
+
+
+def test_key_is_stable_and_changes_with_any_part():
+    parts = {"structure": "a", "params": "b", "runtime": "onnxruntime", "version": "1", "options": {"x": 1}}
+    assert cache_key(parts) == cache_key(dict(reversed(list(parts.items()))))
+    for name in parts:
+        changed = dict(parts, **{name: "other"})
+        assert cache_key(changed) != cache_key(parts), name
+
+
+def test_pack_roundtrip_and_checks():
+    data = pack(b"payload", "rt", "1.0")
+    assert unpack(data, "rt", "1.0") == b"payload"
+    with pytest.raises(CorruptEntry, match="bad magic"):
+        unpack(b"garbage" * 10, "rt", "1.0")
+    with pytest.raises(CorruptEntry, match="checksum"):
+        unpack(data[:-2], "rt", "1.0")
+    with pytest.raises(CorruptEntry, match="built by"):
+        unpack(data, "rt", "2.0")
+    with pytest.raises(CorruptEntry):
+        unpack(b"", "rt", "1.0")
+
+
+def test_memory_then_disk_then_build(tmp_path):
+    counter = Counter()
+    first = get(EngineCache(), counter, tmp_path)
+    assert first.source == "built" and counter.builds == 1
+    assert get(EngineCache(), counter, tmp_path).source == "disk"  # a fresh cache: a new process
+    c = EngineCache()
+    get(c, counter, tmp_path)
+    assert get(c, counter, tmp_path).source == "memory"
+    assert counter.builds == 1
+    assert [p.suffix for p in tmp_path.iterdir() if p.suffix == ".engine"] == [".engine"]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: b"",
+    lambda data: data[: len(data) // 2],
+    lambda data: b"\x00garbage" * 5,
+    lambda data: pack(b"engine-bytes", "rt", "0.9"),  # another runtime version
+])
+def test_damaged_file_is_discarded_with_a_warning_and_rebuilt(tmp_path, caplog, damage):
+    counter = Counter()
+    get(EngineCache(), counter, tmp_path)
+    path = next(tmp_path.glob("*.engine"))
+    path.write_bytes(damage(path.read_bytes()))
+    with caplog.at_level(logging.WARNING, logger="mxtrt"):
+        hit = get(EngineCache(), counter, tmp_path)
+    assert hit.source == "built" and counter.builds == 2
+    assert counter.loads[-1] == b"engine-bytes"
+    assert len([r for r in caplog.records if "discarding cached engine" in r.message]) == 1
+    assert unpack(path.read_bytes(), "rt", "1.0") == b"engine-bytes"
+
+
+def test_folder_that_is_a_file_warns_and_keeps_engines_in_memory(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    c, counter = EngineCache(), Counter()
+    with caplog.at_level(logging.WARNING, logger="mxtrt"):
+        assert get(c, counter, blocker / "cache").source == "built"
+        assert get(c, counter, blocker / "cache").source == "memory"
+    assert len([r for r in caplog.records if "not writable" in r.message]) == 1
+
+
+SCRIPT = textwrap.dedent("""
+    import logging, sys
+    import mxnet as mx, numpy as np
+    import mxtrt_backend
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s", stream=sys.stdout)
+    x = mx.sym.Convolution(mx.sym.var("data"), num_filter=4, kernel=(3, 3), name="c")
+    sym = mx.sym.Activation(x, act_type="relu", name="r")
+    args = {"c_weight": mx.nd.array(np.full((4, 3, 3, 3), 0.1)), "c_bias": mx.nd.zeros(4)}
+    trt = sym.optimize_for("TensorRT", args, {}, ctx=mx.cpu())
+    ex = trt.bind(mx.cpu(), dict(args, data=mx.nd.ones((1, 3, 6, 6))), grad_req="null")
+    ex.forward(is_train=False)
+    print("SUM", float(ex.outputs[0].asnumpy().sum()))
+""")
+
+
+def test_a_new_process_reuses_the_engine_from_disk(tmp_path):
+    env = dict(os.environ, MXTRT_CACHE_DIR=str(tmp_path / "c"))
+    runs = [subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                           timeout=300) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    cold, warm = (r.stdout for r in runs)
+    assert "cache miss" in cold and "cache hit (disk)" not in cold
+    assert "cache hit (disk)" in warm and "cache miss" not in warm
+    sums = [float(line.split()[1]) for r in runs for line in r.stdout.splitlines() if line.startswith("SUM")]
+    assert sums[0] == sums[1] == pytest.approx(4 * 16 * 2.7, rel=1e-6)
