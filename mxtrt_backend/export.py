@@ -24,6 +24,9 @@ from onnx import helper, numpy_helper
 # (axes moved from attribute to input in opset 18). We pin 13, which TensorRT's parser accepts.
 OPSET = 13
 
+# mx2onnx reads a missing boolean attribute as False; where MXNet's default is True, spell it out.
+_MXNET_TRUE_DEFAULTS = {"FullyConnected": ("flatten",)}
+
 # Attributes the partitioner adds to subgraph variables; they are not part of the computation.
 _BOOKKEEPING_ATTRS = ("isArg", "isAux", "argName")
 
@@ -47,6 +50,8 @@ class Subgraph:
         for node in graph["nodes"]:
             attrs = {k: v for k, v in node.pop("attrs", {}).items()
                      if not k.startswith("__ext_") and k not in _BOOKKEEPING_ATTRS}
+            for key in _MXNET_TRUE_DEFAULTS.get(node["op"], ()):
+                attrs.setdefault(key, "True")
             if attrs:
                 node["attrs"] = attrs
         inputs = tuple(n["name"] for n in graph["nodes"] if n["op"] == "null")
