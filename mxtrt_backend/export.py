@@ -10,8 +10,10 @@ Export happens in two steps because the two halves are available at different ti
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -29,6 +31,19 @@ _MXNET_TRUE_DEFAULTS = {"FullyConnected": ("flatten",)}
 
 # Attributes the partitioner adds to subgraph variables; they are not part of the computation.
 _BOOKKEEPING_ATTRS = ("isArg", "isAux", "argName")
+
+
+# MXNet's dtype codes (lib_api.h MXDType, also used in "__ext_dtype__" attributes).
+MX_DTYPES = {0: np.dtype(np.float32), 1: np.dtype(np.float64), 2: np.dtype(np.float16),
+             3: np.dtype(np.uint8), 4: np.dtype(np.int32), 5: np.dtype(np.int8),
+             6: np.dtype(np.int64)}
+
+
+def dtype_of(code: int) -> np.dtype:
+    try:
+        return MX_DTYPES[code]
+    except KeyError:
+        raise TypeError(f"MXNet dtype code {code} is not supported by the TensorRT backend") from None
 
 
 class ExportError(RuntimeError):
@@ -74,6 +89,10 @@ class ExportedGraph:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
 
+    @functools.cached_property
+    def digest(self) -> str:
+        return hashlib.sha256(self.onnx_bytes).hexdigest()
+
 
 def _onnx_output_name(mx_output: str) -> str:
     # mx2onnx names a graph output after its node: "x_output" -> "x", "x_output1" -> "x1".
@@ -106,17 +125,20 @@ def export_structure(subgraph: Subgraph, in_shapes: Sequence[Sequence[int]],
     from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
 
     sym = mx.sym.load_json(subgraph.to_json())
-    onnx_types = [helper.np_dtype_to_tensor_dtype(np.dtype(t)) for t in in_dtypes]
+    shapes = dict(zip(subgraph.input_names, (tuple(s) for s in in_shapes)))
+    dtypes = dict(zip(subgraph.input_names, (np.dtype(t) for t in in_dtypes)))
+    # mx2onnx takes shapes positionally, in the order of MXNet's own serialisation of the symbol.
+    order = [n["name"] for n in json.loads(sym.tojson())["nodes"] if n["op"] == "null"]
     try:
         graph = MXNetGraph().create_onnx_graph_proto(
-            sym, {}, [tuple(s) for s in in_shapes], onnx_types, opset_version=OPSET, dynamic=False)
+            sym, {}, [shapes[n] for n in order],
+            [helper.np_dtype_to_tensor_dtype(dtypes[n]) for n in order],
+            opset_version=OPSET, dynamic=False)
     except (mx.MXNetError, AttributeError, NotImplementedError, ValueError, KeyError, TypeError,
             AssertionError) as err:
         raise ExportError(f"mx2onnx cannot export this subgraph: {err}") from err
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="mxtrt")
-    shapes = dict(zip(subgraph.input_names, in_shapes))
-    dtypes = dict(zip(subgraph.input_names, (np.dtype(t) for t in in_dtypes)))
     _fix_gamma_constants(model, subgraph.graph, shapes, dtypes)
     outputs = tuple(_onnx_output_name(name) for name in sym.list_outputs())
     by_name = {o.name: o for o in model.graph.output}
@@ -141,3 +163,20 @@ def bake_params(exported: ExportedGraph, params: Mapping[str, np.ndarray]) -> Ex
     onnx.checker.check_model(model)
     inputs = tuple(name for name in exported.input_names if name not in params)
     return ExportedGraph(model.SerializeToString(), inputs, exported.output_names)
+
+
+_exported: dict[tuple[object, ...], ExportedGraph] = {}
+_exported_lock = threading.Lock()
+
+
+def export_cached(subgraph: Subgraph, in_shapes: Sequence[Sequence[int]],
+                  in_dtypes: Sequence[np.dtype]) -> ExportedGraph:
+    """``export_structure``, once per subgraph, shapes and dtypes in this process."""
+    key = (subgraph.digest, tuple(map(tuple, in_shapes)), tuple(np.dtype(d).str for d in in_dtypes))
+    with _exported_lock:
+        found = _exported.get(key)
+    if found is None:
+        found = export_structure(subgraph, in_shapes, in_dtypes)
+        with _exported_lock:
+            _exported[key] = found
+    return found

@@ -28,25 +28,12 @@ log = logging.getLogger("mxtrt")
 
 SUBGRAPH_ATTR = "subgraph_sym_json"
 
-# MXNet's dtype codes in the extension API (lib_api.h, MXDType).
-DTYPES = {0: np.dtype(np.float32), 1: np.dtype(np.float64), 2: np.dtype(np.float16),
-          3: np.dtype(np.uint8), 4: np.dtype(np.int32), 5: np.dtype(np.int8),
-          6: np.dtype(np.int64)}
-
-
-def dtype_of(code: int) -> np.dtype:
-    try:
-        return DTYPES[code]
-    except KeyError:
-        raise TypeError(f"MXNet dtype code {code} is not supported by the TensorRT backend") from None
-
 
 @dataclass
 class OpState:
     name: str
     subgraph: export.Subgraph
     structure: export.ExportedGraph
-    structure_digest: str
     params: tuple[int, ...]
     data: tuple[int, ...]
     in_shapes: tuple[tuple[int, ...], ...]
@@ -62,24 +49,10 @@ class OpState:
 
 _states: dict[int, OpState] = {}
 _handles = itertools.count()
-_structures: dict[tuple[Any, ...], tuple[export.ExportedGraph, str]] = {}
 # (structure, parameter addresses and versions) -> digest of the parameter values, so a new op
 # state over unchanged parameters (Gluon creates one per forward) does not hash them again.
 _param_digests: dict[tuple[Any, ...], str] = {}
 _lock = threading.Lock()
-
-
-def _structure(subgraph: export.Subgraph, in_shapes: Sequence[tuple[int, ...]],
-               in_dtypes: Sequence[np.dtype]) -> tuple[export.ExportedGraph, str]:
-    key = (subgraph.digest, tuple(in_shapes), tuple(d.str for d in in_dtypes))
-    with _lock:
-        found = _structures.get(key)
-    if found is None:
-        exported = export.export_structure(subgraph, in_shapes, in_dtypes)
-        found = (exported, hashlib.sha256(exported.onnx_bytes).hexdigest())
-        with _lock:
-            _structures[key] = found
-    return found
 
 
 def create_state(attrs: dict[str, str], device: str, device_id: int,
@@ -91,10 +64,9 @@ def create_state(attrs: dict[str, str], device: str, device_id: int,
                          f"{len(subgraph.input_names)}: {list(subgraph.input_names)}")
     param_names = set(json.loads(attrs.get(partition.ATTR_PARAMS, "[]")))
     params = tuple(i for i, name in enumerate(subgraph.input_names) if name in param_names)
-    structure, structure_digest = _structure(subgraph, in_shapes, in_dtypes)
+    structure = export.export_cached(subgraph, in_shapes, in_dtypes)
     state = OpState(
-        name=subgraph.digest[:12], subgraph=subgraph, structure=structure,
-        structure_digest=structure_digest, params=params,
+        name=subgraph.digest[:12], subgraph=subgraph, structure=structure, params=params,
         data=tuple(i for i in range(len(in_shapes)) if i not in params),
         in_shapes=tuple(in_shapes), in_dtypes=tuple(in_dtypes), options=options,
         runtime=runtime_for(device), device=device, device_id=device_id)
@@ -114,7 +86,7 @@ def _check_inputs(state: OpState, inputs: Sequence[TensorRef]) -> None:
 
 def _param_digest(state: OpState, inputs: Sequence[TensorRef],
                   fingerprint: tuple[tuple[int, int], ...]) -> str:
-    memo = (state.structure_digest, fingerprint)
+    memo = (state.structure.digest, fingerprint)
     with _lock:
         digest = _param_digests.get(memo)
     if digest is None:
@@ -131,7 +103,7 @@ def _engine_for(state: OpState, inputs: Sequence[TensorRef],
                 fingerprint: tuple[tuple[int, int], ...]) -> Engine:
     runtime, options = state.runtime, state.options
     key = cache_key({
-        "structure": state.structure_digest,
+        "structure": state.structure.digest,
         "params": _param_digest(state, inputs, fingerprint),
         "runtime": runtime.name, "version": runtime.version(),
         "device": runtime.device_key(state.device_id), "options": options.engine_key(),
@@ -240,7 +212,7 @@ def _create(num_attrs: int, keys: Any, vals: Any, dev_type: int, dev_id: int, nu
     try:
         return create_state(key_values(keys, vals, num_attrs), DEVICE_NAMES[dev_type], dev_id,
                             shapes(flat_shapes, ndims, num_in),
-                            [dtype_of(dtypes[i]) for i in range(num_in)])
+                            [export.dtype_of(dtypes[i]) for i in range(num_in)])
     except Exception as err:  # noqa: BLE001
         _ext.reply_error(reply, err)
         return -1
@@ -248,7 +220,7 @@ def _create(num_attrs: int, keys: Any, vals: Any, dev_type: int, dev_id: int, nu
 
 def _refs(count: int, data: Any, flat_shapes: Any, ndims: Any, dtypes: Any,
           versions: Any = None) -> list[TensorRef]:
-    return [TensorRef(data[i] or 0, shape, dtype_of(dtypes[i]), versions[i] if versions else 0)
+    return [TensorRef(data[i] or 0, shape, export.dtype_of(dtypes[i]), versions[i] if versions else 0)
             for i, shape in enumerate(shapes(flat_shapes, ndims, count))]
 
 

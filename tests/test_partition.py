@@ -1,6 +1,8 @@
 """Partitioning through MXNet's real optimize_for: what lands in _TensorRT nodes and what stays."""
 from __future__ import annotations
 
+import logging
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -114,3 +116,21 @@ def test_bad_option_value_fails_before_anything_is_built(isolated_cache):
     with pytest.raises(OptionError, match="option 'min_subgraph_size' = '-1'"):
         partition(sym, min_subgraph_size="-1")
     assert not isolated_cache.exists()
+
+
+def test_subgraph_that_cannot_be_exported_stays_in_mxnet_with_a_warning(monkeypatch, caplog):
+    """With shapes known at partition time, export is tried there; a failure means MXNet runs it."""
+    from mxtrt_backend import support
+
+    # Pretend the registry wrongly accepts sum pooling, which mx2onnx cannot export.
+    monkeypatch.setitem(support.REGISTRY, "Pooling", support.OpSupport("Pooling", support.always))
+    x = conv_block(mx.sym.var("data"), "a")
+    sym = mx.sym.Pooling(x, kernel=(2, 2), pool_type="sum", name="sum_pool")
+    args, aux = random_params(sym, {"data": SHAPE})
+    with caplog.at_level(logging.WARNING, logger="mxtrt"):
+        trt_sym = sym.optimize_for("TensorRT", args, aux, ctx=mx.cpu(), shape_dict={"data": SHAPE})
+    assert "_TensorRT" not in op_names(trt_sym)
+    rejected = [s for s in mxtrt_backend.last_report().subgraphs if not s.accepted]
+    assert rejected and "export failed" in rejected[0].reason and "sum" in rejected[0].reason
+    assert any("stays in MXNet" in r.message for r in caplog.records)
+    check_numerics(sym, trt_sym, args, aux)
