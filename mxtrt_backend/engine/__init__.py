@@ -6,9 +6,10 @@ a warm process skips building. ``Engine.run`` reads and writes caller-owned memo
 """
 from __future__ import annotations
 
+import ctypes
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -27,6 +28,12 @@ class TensorRef:
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def host_array(ref: TensorRef) -> np.ndarray:
+    """A numpy view of host memory MXNet owns (valid for the duration of the call)."""
+    buffer = (ctypes.c_char * ref.nbytes).from_address(ref.ptr)
+    return np.frombuffer(buffer, dtype=ref.dtype).reshape(ref.shape)
 
 
 class Engine(ABC):
@@ -56,11 +63,33 @@ class Runtime(ABC):
         """What about the device an engine depends on (part of the cache key)."""
         return "cpu"
 
+    def to_host(self, ref: TensorRef) -> np.ndarray:
+        """The value of a tensor of this runtime's device, readable by the host (parameters to
+        bake into the engine)."""
+        return host_array(ref)
+
+
+def _cpu_runtime() -> Runtime:
+    from .ort import OrtRuntime
+
+    return OrtRuntime()
+
+
+def _gpu_runtime() -> Runtime:
+    from .trt import gpu_runtime
+
+    return gpu_runtime()
+
+
+# Context device name -> the factory of its runtime (imports deferred: tensorrt is optional).
+RUNTIMES: dict[str, Callable[[], Runtime]] = {"cpu": _cpu_runtime, "gpu": _gpu_runtime}
+
 
 def runtime_for(device: str) -> Runtime:
-    """The runtime that serves a context: ONNX Runtime on CPU."""
-    if device == "cpu":
-        from .ort import OrtRuntime
-
-        return OrtRuntime()
-    raise RuntimeError(f"mxtrt: no runtime for {device} contexts yet")
+    """The runtime that serves a context: ONNX Runtime on CPU, TensorRT on GPU."""
+    try:
+        factory = RUNTIMES[device]
+    except KeyError:
+        raise RuntimeError(f"mxtrt: no runtime for {device} contexts; the TensorRT backend runs "
+                           f"on {' and '.join(RUNTIMES)} contexts") from None
+    return factory()
