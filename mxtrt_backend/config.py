@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,68 @@ def _at_least(minimum: int) -> Callable[[Any], str | None]:
     return check
 
 
+def _between(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}"
+
+    return check
+
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _parse_precision(text: str) -> str:
+    return text.strip().lower()
+
+
+def _check_precision(value: str) -> str | None:
+    return None if value in PRECISIONS else f"must be one of {', '.join(PRECISIONS)}"
+
+
+def _parse_batch_range(text: str) -> tuple[int, int, int] | None:
+    if not text.strip():
+        return None
+    parts = [int(p) for p in text.split(",")]
+    if len(parts) != 3:
+        raise ValueError('expected "min,opt,max", e.g. "1,8,32"')
+    return parts[0], parts[1], parts[2]
+
+
+def _check_batch_range(value: tuple[int, int, int] | None) -> str | None:
+    if value is None or 1 <= value[0] <= value[1] <= value[2]:
+        return None
+    return "must satisfy 1 <= min <= opt <= max"
+
+
+def _parse_optional_path(text: str) -> str | None:
+    return _parse_path(text) if text.strip() else None
+
+
+def _check_existing_file(value: str | None) -> str | None:
+    if value is None or os.path.isfile(value):
+        return None
+    return "no such file (give an existing TensorRT calibration cache, or leave it unset)"
+
+
+def _file_digest(path: str | None) -> str | None:
+    """A file's content digest: an engine calibrated from a changed cache file is another engine."""
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _parse_token(text: str) -> str | None:
+    return text.strip() or None
+
+
+def _check_calibration_data(value: str | None) -> str | None:
+    # Imported here: the engine package imports this module.
+    from .engine import calibration
+
+    return None if value is None else calibration.problem(value)
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     name: str
@@ -52,6 +115,8 @@ class OptionSpec:
     check: Callable[[Any], str | None] = lambda value: None
     # Whether a change of this option must give a different engine (it is part of the cache key).
     affects_engine: bool = False
+    # The value's form in the cache key, when the value itself does not capture what it means.
+    key: Callable[[Any], Any] = lambda value: value
 
 
 OPTIONS: tuple[OptionSpec, ...] = (
@@ -59,11 +124,38 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "smallest number of operator nodes worth a _TensorRT subgraph", _at_least(1)),
     OptionSpec("exclude_ops", _parse_names, tuple, "MXNET_TENSORRT_EXCLUDE_OPS",
                "comma-separated MXNet op names that stay in MXNet"),
+    OptionSpec("param_inputs", _parse_names, tuple, "MXNET_TENSORRT_PARAM_INPUTS",
+               "comma-separated input names baked into engines as constants at the first forward, "
+               "besides inputs feeding weight/bias/statistics slots and values given to optimize_for"),
+    OptionSpec("data_inputs", _parse_names, tuple, "MXNET_TENSORRT_DATA_INPUTS",
+               "comma-separated input names never baked, even if a value was given at partitioning "
+               "(the Gluon hook sets the block's data inputs)"),
     OptionSpec("cache_dir", _parse_path, _default_cache_dir, "MXTRT_CACHE_DIR",
                "folder of the on-disk engine cache"),
     OptionSpec("ort_threads", _parse_int, lambda: 0, "MXNET_TENSORRT_ORT_THREADS",
                "ONNX Runtime intra-op threads on CPU contexts (0: ONNX Runtime decides)",
                _at_least(0), affects_engine=True),
+    OptionSpec("precision", _parse_precision, lambda: "fp32", "MXNET_TENSORRT_PRECISION",
+               "TensorRT precision on GPU contexts: fp32, fp16 or int8 (int8 needs calibration_data "
+               "or calibration_cache)", _check_precision, affects_engine=True),
+    OptionSpec("max_workspace_size", _parse_int, lambda: 1 << 30, "MXNET_TENSORRT_MAX_WORKSPACE_SIZE",
+               "TensorRT workspace memory pool limit in bytes", _at_least(1), affects_engine=True),
+    OptionSpec("batch_range", _parse_batch_range, lambda: None, "MXNET_TENSORRT_BATCH_RANGE",
+               '"min,opt,max": one TensorRT optimization profile over the batch dimension (dim 0) '
+               "of every data input; unset: the batch the op was created with",
+               _check_batch_range, affects_engine=True),
+    OptionSpec("builder_optimization_level", _parse_int, lambda: 3,
+               "MXNET_TENSORRT_BUILDER_OPTIMIZATION_LEVEL",
+               "TensorRT builder effort, 0 (fast build) to 5 (slow build, maybe faster engine)",
+               _between(0, 5), affects_engine=True),
+    OptionSpec("calibration_cache", _parse_optional_path, lambda: None,
+               "MXNET_TENSORRT_CALIBRATION_CACHE",
+               "existing TensorRT int8 calibration cache file (skips calibration)",
+               _check_existing_file, affects_engine=True, key=_file_digest),
+    OptionSpec("calibration_data", _parse_token, lambda: None, "MXNET_TENSORRT_CALIBRATION_DATA",
+               "int8 calibration batches: the token returned by "
+               "mxtrt_backend.calibration_data(data_iter_or_batches) in this process",
+               _check_calibration_data, affects_engine=True),
 )
 
 _BY_NAME = {spec.name: spec for spec in OPTIONS}
@@ -76,12 +168,21 @@ _MXNET_KEYS = frozenset({"dedup_subgraph"})
 class Options:
     min_subgraph_size: int = 2
     exclude_ops: tuple[str, ...] = ()
+    param_inputs: tuple[str, ...] = ()
+    data_inputs: tuple[str, ...] = ()
     cache_dir: str = field(default_factory=_default_cache_dir)
     ort_threads: int = 0
+    precision: str = "fp32"
+    max_workspace_size: int = 1 << 30
+    batch_range: tuple[int, int, int] | None = None
+    builder_optimization_level: int = 3
+    calibration_cache: str | None = None
+    calibration_data: str | None = None
 
     def engine_key(self) -> dict[str, Any]:
         """The options that change what an engine computes or how it is built."""
-        return {spec.name: getattr(self, spec.name) for spec in OPTIONS if spec.affects_engine}
+        return {spec.name: spec.key(getattr(self, spec.name)) for spec in OPTIONS
+                if spec.affects_engine}
 
 
 def unknown_option_message(name: str) -> str:

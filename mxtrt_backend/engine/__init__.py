@@ -7,18 +7,19 @@ a warm process skips building. ``Engine.run`` reads and writes caller-owned memo
 from __future__ import annotations
 
 import ctypes
+import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from ..config import Options
 
 
-@dataclass(frozen=True)
-class TensorRef:
-    """Memory MXNet owns: a raw address, its shape and dtype (device given by the context)."""
+class TensorRef(NamedTuple):
+    """Memory MXNet owns: a raw address, its shape and dtype (device given by the context).
+
+    A named tuple rather than a dataclass: several are made per forward, on the hot path."""
 
     ptr: int
     shape: tuple[int, ...]
@@ -63,10 +64,39 @@ class Runtime(ABC):
         """What about the device an engine depends on (part of the cache key)."""
         return "cpu"
 
+    def model_key(self, onnx_bytes: bytes, data_names: Sequence[str], options: Options) -> str:
+        """What about the model an engine depends on (part of the cache key): by default all of
+        it; a runtime whose engines serve a range of shapes leaves out what varies within it."""
+        return hashlib.sha256(onnx_bytes).hexdigest()
+
     def to_host(self, ref: TensorRef) -> np.ndarray:
         """The value of a tensor of this runtime's device, readable by the host (parameters to
         bake into the engine)."""
         return host_array(ref)
+
+    def sample(self, ref: TensorRef) -> bytes:
+        """A few values spread over a tensor. With its address and MXNet's version number they
+        tell a parameter from a different one that reuses its memory, without hashing it all."""
+        flat = host_array(ref).reshape(-1)
+        return flat[::max(1, flat.size // SAMPLE_VALUES)].tobytes()
+
+
+# How many values of each parameter `Runtime.sample` reads.
+SAMPLE_VALUES = 64
+
+
+class DeviceRuntime(Runtime):
+    """A runtime whose tensors live in GPU memory: reading them goes through CUDA copies."""
+
+    def to_host(self, ref: TensorRef) -> np.ndarray:
+        from . import cuda
+
+        return cuda.copy_to_host(ref)
+
+    def sample(self, ref: TensorRef) -> bytes:
+        from . import cuda
+
+        return cuda.copy_sample(ref, SAMPLE_VALUES)
 
 
 def _cpu_runtime() -> Runtime:

@@ -1,0 +1,60 @@
+"""`python -m mxtrt_backend doctor` on this machine (no TensorRT, no GPU) and the CLI registry."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mxtrt_backend import __main__ as cli
+from mxtrt_backend import doctor
+from mxtrt_backend.engine import trt
+
+
+def test_doctor_without_tensorrt_reports_it_and_checks_onnx_runtime(tmp_path):
+    env = dict(os.environ, MXTRT_CACHE_DIR=str(tmp_path / "cache"))
+    run = subprocess.run([sys.executable, "-m", "mxtrt_backend", "doctor"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = {line.split()[0]: line for line in run.stdout.splitlines() if line.startswith("  ")}
+    for component in ("MXNet", "CUDA", "GPU", "TensorRT", "ONNX"):
+        assert component in lines, run.stdout
+    if trt.tensorrt_version() is None:
+        assert "TensorRT      not found: pip install tensorrt" in run.stdout
+        assert "TensorRT (gpu)       not available" in run.stdout
+    assert "ONNX Runtime (cpu)   OK: built and ran" in run.stdout
+    error = float(run.stdout.split("max relative error ")[1].split()[0])
+    assert error <= doctor.TOLERANCE
+    # The doctor leaves the user's engine cache alone.
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_runtime_that_fails_makes_the_exit_code_nonzero(monkeypatch):
+    # A GPU run forced on this CPU-only MXNet: it must be reported, not crash the doctor.
+    monkeypatch.setattr(doctor, "RUNTIME_CHECKS",
+                        (doctor.RuntimeCheck("forced GPU", "gpu", lambda: None),))
+    out = io.StringIO()
+    if doctor._trt_missing() is None:
+        pytest.skip("a real GPU setup is present")
+    assert doctor.doctor(out) == 1
+    assert "forced GPU (gpu)     FAILED: " in out.getvalue()
+
+
+def test_every_subcommand_is_a_module_with_arguments_and_run(capsys):
+    import importlib
+
+    names = [c.name for c in cli.SUBCOMMANDS]
+    assert {"demo", "convert", "bench", "doctor"} <= set(names)
+    for command in cli.SUBCOMMANDS:
+        module = importlib.import_module(f"mxtrt_backend.{command.module}")
+        assert callable(module.arguments) and callable(module.run), command.name
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in names)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["no-such-command"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'no-such-command'" in capsys.readouterr().err
