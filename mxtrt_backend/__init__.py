@@ -7,20 +7,26 @@ from __future__ import annotations
 
 import logging
 
+from . import activation
 from . import op as _op
 from .config import Options, OptionError
+from .convert import load
+from .engine.calibration import register as calibration_data
 from .extension import library_path
 from .partition import PartitionReport
+from .report import inspect
 
 __version__ = "0.1.0"
-__all__ = ["Options", "OptionError", "PartitionReport", "BACKEND", "OP_NAME", "last_report"]
+__all__ = ["Options", "OptionError", "PartitionReport", "BACKEND", "OP_NAME", "last_report",
+           "calibration_data", "load", "inspect"]
 
-BACKEND = "TensorRT"
+BACKEND = activation.BACKEND
 OP_NAME = "_TensorRT"
 
 logging.getLogger("mxtrt").addHandler(logging.NullHandler())
 
 _op.install(library_path())
+activation.install()  # MXNET_USE_TENSORRT for bind/simple_bind and Gluon hybridize
 
 
 def last_report() -> PartitionReport:
