@@ -93,8 +93,19 @@ class Extension:
                            FORWARD(forward), DESTROY(destroy))
         self.lib.mxtrt_set_callbacks(*self._callbacks)
         mx.library.load(path, verbose=False)
-        # MXNet destroys op states from its own threads, possibly while Python is finalizing.
-        atexit.register(self.lib.mxtrt_clear_callbacks)
+        atexit.register(self._shutdown)
+
+    def _shutdown(self) -> None:
+        """Let queued forwards finish, then cut the callbacks: MXNet destroys op states from its
+        own threads, possibly while Python is finalizing. (atexit runs this before MXNet's own
+        shutdown hook, which was registered earlier.)"""
+        import mxnet as mx
+
+        try:
+            mx.nd.waitall()
+        except mx.MXNetError:
+            pass  # the failure was, or will be, reported where its result is read
+        self.lib.mxtrt_clear_callbacks()
 
     def reply_error(self, reply: int, err: BaseException) -> None:
         self.lib.mxtrt_reply_error(reply, error_text(err).encode())

@@ -86,7 +86,10 @@ def _check_inputs(state: OpState, inputs: Sequence[TensorRef]) -> None:
 
 def _param_digest(state: OpState, inputs: Sequence[TensorRef],
                   fingerprint: tuple[tuple[int, int], ...]) -> str:
-    memo = (state.structure.digest, fingerprint)
+    # Addresses and versions alone can repeat when a freed model's memory is reused by another
+    # with the same layout; a sample of the values makes that collision practically impossible.
+    sample = b"".join(state.runtime.sample(inputs[i]) for i in state.params)
+    memo = (state.structure.digest, fingerprint, hashlib.sha256(sample).digest())
     with _lock:
         digest = _param_digests.get(memo)
     if digest is None:
@@ -102,8 +105,9 @@ def _param_digest(state: OpState, inputs: Sequence[TensorRef],
 def _engine_for(state: OpState, inputs: Sequence[TensorRef],
                 fingerprint: tuple[tuple[int, int], ...]) -> Engine:
     runtime, options = state.runtime, state.options
+    data_names = [state.subgraph.input_names[i] for i in state.data]
     key = cache_key({
-        "structure": state.structure.digest,
+        "structure": runtime.model_key(state.structure.onnx_bytes, data_names, options),
         "params": _param_digest(state, inputs, fingerprint),
         "runtime": runtime.name, "version": runtime.version(),
         "device": runtime.device_key(state.device_id), "options": options.engine_key(),
@@ -116,7 +120,6 @@ def _engine_for(state: OpState, inputs: Sequence[TensorRef],
         return runtime.build(baked.onnx_bytes, baked.input_names, baked.output_names, options,
                              state.device_id)
 
-    data_names = [state.subgraph.input_names[i] for i in state.data]
     start = time.perf_counter()
     hit = ENGINES.get(key, options.cache_dir, runtime.name, runtime.version(), build,
                       lambda blob: runtime.load(blob, data_names, state.structure.output_names,

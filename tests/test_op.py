@@ -112,3 +112,25 @@ def test_error_in_the_python_callback_reaches_mxnet_and_the_process_stays_usable
     monkeypatch.undo()
     ex.forward(is_train=False)
     assert np.isfinite(ex.outputs[0].asnumpy()).all()
+
+
+def test_reused_memory_with_the_same_version_is_not_taken_for_the_old_parameters():
+    """A freed model's memory reused by another of the same layout keeps addresses and may keep
+    MXNet's version numbers: the engine must still follow the values."""
+    from mxtrt_backend import op
+    from mxtrt_backend.engine import TensorRef
+
+    sym = small_net()
+    args, _ = random_params(sym, {"data": (2, 3, 6, 6)})
+    ex = bound(sym, args)  # kept alive: its op state is what the test uses
+    ex.forward(is_train=False)
+    mx.nd.waitall()
+    state = next(s for s in op._states.values() if s.params)
+    buffers = [np.random.RandomState(i).uniform(-1, 1, shape).astype(dtype)
+               for i, (shape, dtype) in enumerate(zip(state.in_shapes, state.in_dtypes))]
+    refs = [TensorRef(b.ctypes.data, b.shape, b.dtype, 7) for b in buffers]
+    fingerprint = tuple((refs[i].ptr, refs[i].version) for i in state.params)
+    before = op._param_digest(state, refs, fingerprint)
+    for i in state.params:
+        buffers[i][...] = np.random.RandomState(100 + i).uniform(-1, 1, buffers[i].shape)
+    assert op._param_digest(state, refs, fingerprint) != before

@@ -78,6 +78,13 @@ class EngineCache:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._unwritable: set[str] = set()
+        # Read-only folders of engines shipped with a converted model (mxtrt_backend.load).
+        self._bundles: list[Path] = []
+
+    def add_bundle(self, folder: str) -> None:
+        with self._guard:
+            if Path(folder) not in self._bundles:
+                self._bundles.append(Path(folder))
 
     def clear_memory(self) -> None:
         with self._guard:
@@ -97,6 +104,10 @@ class EngineCache:
 
     def _from_disk(self, key: str, cache_dir: str, runtime: str, version: str,
                    build: Callable[[], bytes], load: Callable[[bytes], Engine]) -> Hit:
+        for bundle in self._bundles:
+            blob = self._read(bundle / f"{key}.engine", runtime, version, discard=False)
+            if blob is not None:
+                return Hit(load(blob), "disk")
         folder = self._writable(cache_dir)
         if folder is None:
             return Hit(load(build()), "built")
@@ -126,7 +137,7 @@ class EngineCache:
         return folder
 
     @staticmethod
-    def _read(path: Path, runtime: str, version: str) -> bytes | None:
+    def _read(path: Path, runtime: str, version: str, discard: bool = True) -> bytes | None:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -134,8 +145,10 @@ class EngineCache:
         try:
             return unpack(data, runtime, version)
         except CorruptEntry as err:
-            log.warning("mxtrt: discarding cached engine %s: %s; rebuilding it", path, err)
-            path.unlink(missing_ok=True)
+            if discard:  # bundles are the user's files: skipped, never deleted
+                path.unlink(missing_ok=True)
+            log.warning("mxtrt: %s cached engine %s: %s; rebuilding it",
+                        "discarding" if discard else "ignoring", path, err)
             return None
 
     @staticmethod

@@ -6,6 +6,7 @@ Inputs and outputs are bound to MXNet's buffers by address (IOBinding), so nothi
 """
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import onnxruntime as ort
@@ -20,15 +21,30 @@ class OrtEngine(Engine):
         self._session = session
         self._inputs = tuple(input_names)
         self._outputs = tuple(output_names)
+        # MXNet usually hands the same buffers call after call: keep the last binding. A session
+        # may run from several threads at once, a binding may not, hence the lock.
+        self._lock = threading.Lock()
+        self._bound: tuple[tuple[object, ...], ort.IOBinding] | None = None
 
-    def run(self, inputs: Sequence[TensorRef], outputs: Sequence[TensorRef], stream: int) -> None:
-        # A session may run from several threads at once, an IOBinding may not: one per call.
+    def _bind(self, inputs: Sequence[TensorRef], outputs: Sequence[TensorRef]) -> ort.IOBinding:
         binding = self._session.io_binding()
         for name, t in zip(self._inputs, inputs):
             binding.bind_input(name, "cpu", 0, t.dtype, list(t.shape), t.ptr)
         for name, t in zip(self._outputs, outputs):
             binding.bind_output(name, "cpu", 0, t.dtype, list(t.shape), t.ptr)
-        self._session.run_with_iobinding(binding)
+        return binding
+
+    def run(self, inputs: Sequence[TensorRef], outputs: Sequence[TensorRef], stream: int) -> None:
+        if not self._lock.acquire(blocking=False):  # another thread runs the kept binding
+            self._session.run_with_iobinding(self._bind(inputs, outputs))
+            return
+        try:
+            key = tuple((t.ptr, t.shape, t.dtype) for t in (*inputs, *outputs))
+            if self._bound is None or self._bound[0] != key:
+                self._bound = (key, self._bind(inputs, outputs))
+            self._session.run_with_iobinding(self._bound[1])
+        finally:
+            self._lock.release()
 
 
 class OrtRuntime(Runtime):
