@@ -21,13 +21,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import mx2onnx_fixes
+
 # mx2onnx has converters for opsets 12 and 13 only; mx.onnx.export_model stamps the model with
 # the newest opset the installed onnx knows, which changes the meaning of ops such as ReduceMean
 # (axes moved from attribute to input in opset 18). We pin 13, which TensorRT's parser accepts.
 OPSET = 13
 
-# mx2onnx reads a missing boolean attribute as False; where MXNet's default is True, spell it out.
-_MXNET_TRUE_DEFAULTS = {"FullyConnected": ("flatten",)}
+# mx2onnx assumes its own value for a missing attribute (a boolean reads as False); where MXNet's
+# default differs, spell MXNet's out.
+_MXNET_DEFAULTS = {"FullyConnected": {"flatten": "True"}, "Deconvolution": {"no_bias": "True"},
+                   "LRN": {"knorm": "2"}}
 
 # Attributes the partitioner adds to subgraph variables; they are not part of the computation.
 _BOOKKEEPING_ATTRS = ("isArg", "isAux", "argName")
@@ -65,8 +69,8 @@ class Subgraph:
         for node in graph["nodes"]:
             attrs = {k: v for k, v in node.pop("attrs", {}).items()
                      if not k.startswith("__ext_") and k not in _BOOKKEEPING_ATTRS}
-            for key in _MXNET_TRUE_DEFAULTS.get(node["op"], ()):
-                attrs.setdefault(key, "True")
+            for key, value in _MXNET_DEFAULTS.get(node["op"], {}).items():
+                attrs.setdefault(key, value)
             if attrs:
                 node["attrs"] = attrs
         inputs = tuple(n["name"] for n in graph["nodes"] if n["op"] == "null")
@@ -130,10 +134,11 @@ def export_structure(subgraph: Subgraph, in_shapes: Sequence[Sequence[int]],
     # mx2onnx takes shapes positionally, in the order of MXNet's own serialisation of the symbol.
     order = [n["name"] for n in json.loads(sym.tojson())["nodes"] if n["op"] == "null"]
     try:
-        graph = MXNetGraph().create_onnx_graph_proto(
-            sym, {}, [shapes[n] for n in order],
-            [helper.np_dtype_to_tensor_dtype(dtypes[n]) for n in order],
-            opset_version=OPSET, dynamic=False)
+        with mx2onnx_fixes.applied(OPSET):
+            graph = MXNetGraph().create_onnx_graph_proto(
+                sym, {}, [shapes[n] for n in order],
+                [helper.np_dtype_to_tensor_dtype(dtypes[n]) for n in order],
+                opset_version=OPSET, dynamic=False)
     except (mx.MXNetError, AttributeError, NotImplementedError, ValueError, KeyError, TypeError,
             AssertionError) as err:
         raise ExportError(f"mx2onnx cannot export this subgraph: {err}") from err

@@ -11,7 +11,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from . import export, support
 from .config import Options
@@ -71,13 +71,16 @@ last_report = PartitionReport()
 def _tensor_info(node: dict, output: int) -> support.TensorInfo:
     """Shape and dtype of a node's output as far as MXNet inferred them ("[[None]]": unknown)."""
     attrs = node.get("attrs", {})
-    try:
-        shape = json.loads(attrs["__ext_shape__"])[output]
-        code = json.loads(attrs["__ext_dtype__"])[output]
-    except (KeyError, ValueError, IndexError):
-        return support.TensorInfo()
+
+    def inferred(key: str) -> Any:
+        try:
+            return json.loads(attrs[key])[output]
+        except (KeyError, ValueError, IndexError):  # absent, or "[[None]]" (not JSON)
+            return None
+
+    shape, code = inferred("__ext_shape__"), inferred("__ext_dtype__")
     known_shape = tuple(shape) if shape and None not in shape else None
-    return support.TensorInfo(known_shape, support.MX_DTYPES.get(code))
+    return support.TensorInfo(known_shape, None if code is None else support.MX_DTYPES.get(code))
 
 
 def select(graph_json: str, options: Options) -> list[bool]:

@@ -1,0 +1,119 @@
+"""What the backend does with a model, before anything is built.
+
+``inspect`` partitions a symbol with the real ``optimize_for('TensorRT')`` and returns the
+partition report: the `_TensorRT` subgraphs (nodes, inputs, outputs) and every node left to MXNet
+with its reason. ``format_report`` renders it as text tables; ``inspect_main`` is the
+``inspect model-symbol.json [model-0000.params]`` command.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from typing import Any, Mapping, Sequence
+
+from . import config, partition
+from .convert import parse_input, parse_options
+
+# Ops listed per subgraph before the rest is summed up as "... (N more)".
+_OPS_SHOWN = 6
+
+
+def inspect(sym: Any, args: Mapping[str, Any] | None = None, aux: Mapping[str, Any] | None = None,
+            shapes: Mapping[str, tuple[int, ...]] | None = None, **options: Any
+            ) -> partition.PartitionReport:
+    """Partition ``sym`` for the TensorRT backend and report the outcome; builds nothing.
+
+    ``args``/``aux`` are parameter values (without them MXNet infers no shapes or dtypes, and
+    the few checks that need them refuse); ``shapes`` gives input shapes (e.g. ``{'data':
+    (1, 3, 224, 224)}``); ``options`` are backend options as for ``optimize_for``.
+    """
+    import mxnet as mx
+
+    sym.optimize_for("TensorRT", dict(args or {}), dict(aux or {}), ctx=mx.cpu(),
+                     shape_dict=dict(shapes) if shapes else None, **options)
+    return partition.last_report
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+            for row in (header, *rows)]
+
+
+def _ops(ops: Sequence[str]) -> str:
+    counts = Counter(ops).most_common()
+    shown = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in counts[:_OPS_SHOWN])
+    rest = len(counts) - _OPS_SHOWN
+    return shown + (f", ... ({rest} more)" if rest > 0 else "")
+
+
+def _inputs(info: partition.SubgraphInfo) -> str:
+    data = [name for name in info.inputs if name not in info.params]
+    params = len(info.params)
+    return ", ".join(data + ([f"{params} param{'s' if params != 1 else ''}"] if params else []))
+
+
+def format_report(report: partition.PartitionReport) -> str:
+    lines = []
+    if report.subgraphs:
+        lines.append("Subgraphs")
+        lines += _table(("id", "status", "nodes", "inputs", "outputs", "ops"), [
+            (str(s.id), "TensorRT" if s.accepted else "MXNet", str(len(s.nodes)), _inputs(s),
+             ", ".join(s.outputs), _ops(s.ops)) for s in report.subgraphs])
+        lines.append("")
+    if report.refused:
+        lines.append("Left to MXNet")
+        lines += _table(("node", "op", "reason"), [(r.node, r.op, r.reason) for r in report.refused])
+        lines.append("")
+    lines.append(report.summary())
+    return "\n".join(lines)
+
+
+def _load_params(path: str, sym: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A .params file as (args, aux): 'arg:'/'aux:' prefixes (Module checkpoints) or bare names
+    (Gluon), sorted by the symbol's own lists."""
+    import mxnet as mx
+
+    args: dict[str, Any] = {}
+    aux: dict[str, Any] = {}
+    aux_names = set(sym.list_auxiliary_states())
+    for key, value in mx.nd.load(path).items():
+        kind, _, name = key.partition(":") if ":" in key else ("", "", key)
+        (aux if kind == "aux" or (not kind and name in aux_names) else args)[name] = value
+    return args, aux
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("symbol", help="the model's symbol file, e.g. model-symbol.json")
+    parser.add_argument("params", nargs="?",
+                        help="its parameters, e.g. model-0000.params (lets MXNet infer shapes and "
+                             "dtypes, which some checks need)")
+    parser.add_argument("--shape", action="append", type=parse_input, default=[],
+                        metavar="[NAME:]D0,D1,...",
+                        help="input shape, e.g. 1,3,224,224 (input 'data'); repeatable")
+    parser.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="backend option, e.g. -o exclude_ops=Pooling; repeatable")
+
+
+def run(args: argparse.Namespace) -> int:
+    import mxnet as mx
+
+    try:
+        options: dict[str, Any] = parse_options(args.option)
+        sym = mx.sym.load(args.symbol)
+        values = _load_params(args.params, sym) if args.params else ({}, {})
+    except (argparse.ArgumentTypeError, config.OptionError, mx.MXNetError, OSError) as err:
+        print(f"mxtrt inspect: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(format_report(inspect(sym, *values, shapes=dict(args.shape) or None, **options)))
+    return 0
+
+
+def inspect_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mxtrt_backend inspect",
+        description="show which nodes of a model the TensorRT backend converts, in which "
+                    "subgraphs, and why it leaves the others to MXNet")
+    arguments(parser)
+    return run(parser.parse_args(argv))

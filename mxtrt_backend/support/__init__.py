@@ -1,0 +1,22 @@
+"""Which MXNet operators the backend takes: one registry entry per op.
+
+An entry is a predicate on the node's attributes that returns ``None`` when the node is supported
+and otherwise a reason string. An op absent from the registry is refused as unknown. The registry
+is the only place that knows about individual operators; the partitioner just consults it. An op
+is listed only when MXNet's ONNX exporter (mx2onnx, opset 13) converts it correctly -- checked
+numerically against MXNet, variant by variant, in tests/test_support_ops.py -- and TensorRT's ONNX
+parser accepts what it exports (trt_onnx_ops).
+
+An entry also names the input slots that hold parameters (weights, biases, statistics), so that
+when values are not known at partition time the op can still tell parameters from data.
+
+The entries live in modules by op family: nn, elementwise, tensor, reduce.
+"""
+from __future__ import annotations
+
+from . import elementwise, nn, reduce, tensor  # noqa: F401  each module registers its ops
+from ._registry import (MX_DTYPES, REGISTRY, SUPPORTED_DTYPES, Attrs, OpSupport, Predicate, TensorInfo,
+                        always, param_slots, refusal, register)
+
+__all__ = ["MX_DTYPES", "REGISTRY", "SUPPORTED_DTYPES", "Attrs", "OpSupport", "Predicate", "TensorInfo",
+           "always", "param_slots", "refusal", "register"]

@@ -1,0 +1,86 @@
+"""The registry itself: op -> predicate, and the checks every op gets (exclusion, dtype)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+Attrs = Mapping[str, str]
+Predicate = Callable[[Attrs], "str | None"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What MXNet's type inference knows about a tensor at partition time (often nothing)."""
+
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+
+
+InputsCheck = Callable[[Attrs, Sequence[TensorInfo]], "str | None"]
+
+
+@dataclass(frozen=True)
+class OpSupport:
+    op: str
+    check: Predicate
+    param_slots: tuple[int, ...] = ()
+    # For the few ops whose exportability depends on their inputs' ranks or dtypes.
+    check_inputs: InputsCheck | None = None
+    # Why the op is refused on float16 tensors; None: float16 is fine.
+    float16_problem: str | None = None
+
+
+REGISTRY: dict[str, OpSupport] = {}
+
+# MXNet's dtype codes (mshadow type flags) as they appear in "__ext_dtype__" attributes.
+MX_DTYPES = {0: "float32", 1: "float64", 2: "float16", 3: "uint8", 4: "int32", 5: "int8",
+             6: "int64", 7: "bool", 12: "bfloat16"}
+# TensorRT computes in these; integer and double tensors inside an engine are not worth the
+# restrictions they bring (most TensorRT layers refuse them).
+SUPPORTED_DTYPES = ("float32", "float16")
+
+
+def register(*ops: str, param_slots: tuple[int, ...] = (), check_inputs: InputsCheck | None = None,
+             float16_problem: str | None = None) -> Callable[[Predicate], Predicate]:
+    """Register one predicate for one or more ops (ops that share their rules)."""
+
+    def add(check: Predicate) -> Predicate:
+        for op in ops:
+            REGISTRY[op] = OpSupport(op, check, param_slots, check_inputs, float16_problem)
+        return check
+
+    return add
+
+
+def always(_: Attrs) -> str | None:
+    return None
+
+
+def _dtype_problem(outputs: Sequence[TensorInfo]) -> str | None:
+    bad = [t.dtype for t in outputs if t.dtype is not None and t.dtype not in SUPPORTED_DTYPES]
+    return (f"output dtype {bad[0]} is not supported (supported: {', '.join(SUPPORTED_DTYPES)})"
+            if bad else None)
+
+
+def refusal(op: str, attrs: Attrs, exclude_ops: tuple[str, ...] = (),
+            inputs: Sequence[TensorInfo] = (), outputs: Sequence[TensorInfo] = ()) -> str | None:
+    """Why a node with this op and attributes stays in MXNet, or None when it is supported.
+    ``inputs`` and ``outputs`` are what type inference knows about the node's inputs and its
+    used outputs (ops such as Pooling have hidden outputs of other dtypes); may be empty."""
+    if op in exclude_ops:
+        return "excluded by option exclude_ops"
+    entry = REGISTRY.get(op)
+    if entry is None:
+        return "no converter for this op"
+    problem = _dtype_problem(outputs) or entry.check(attrs)
+    if problem is None and entry.float16_problem is not None and any(
+            t.dtype == "float16" for t in (*inputs, *outputs)):
+        problem = f"float16: {entry.float16_problem}"
+    if problem is None and entry.check_inputs is not None:
+        problem = entry.check_inputs(attrs, inputs)
+    return problem
+
+
+def param_slots(op: str) -> tuple[int, ...]:
+    entry = REGISTRY.get(op)
+    return entry.param_slots if entry else ()
