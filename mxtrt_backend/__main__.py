@@ -24,6 +24,8 @@ SUBCOMMANDS = (
                                "the backend (accuracy, output difference, time per batch)"),
     Subcommand("convert", "convert", "partition a checkpoint and build its engines into a folder "
                                      "that mxtrt_backend.load() runs without rebuilding"),
+    Subcommand("inspect", "report", "what the partitioner converts in a checkpoint and why it "
+                                    "leaves the rest (subgraphs, refused nodes, a summary line)"),
     Subcommand("bench", "bench", "plain MXNet vs the backend on the same input: latency (median, "
                                  "p90), throughput, speed-up and output difference per batch size"),
     Subcommand("doctor", "doctor", "print MXNet, CUDA, GPU, TensorRT and ONNX Runtime versions and "
