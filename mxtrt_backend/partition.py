@@ -55,7 +55,8 @@ class PartitionReport:
         return sum(len(s.nodes) for s in self.subgraphs if s.accepted)
 
     def summary(self) -> str:
-        """'412/431 compute nodes in 3 subgraphs; refused: 19 x Custom (no converter for this op)'"""
+        """E.g. '412/431 compute nodes in 3 subgraphs; refused: 19 x Custom (no converter for
+        this op)', the most frequent refusals first."""
         accepted = sum(s.accepted for s in self.subgraphs)
         counts = Counter((r.op, r.reason) for r in self.refused)
         refused = ", ".join(f"{n} x {op} ({reason})" for (op, reason), n in

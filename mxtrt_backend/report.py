@@ -64,7 +64,8 @@ def format_report(report: partition.PartitionReport) -> str:
         lines.append("")
     if report.refused:
         lines.append("Left to MXNet")
-        lines += _table(("node", "op", "reason"), [(r.node, r.op, r.reason) for r in report.refused])
+        lines += _table(("node", "op", "reason"),
+                        [(r.node, r.op, r.reason) for r in report.refused])
         lines.append("")
     lines.append(report.summary())
     return "\n".join(lines)

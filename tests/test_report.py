@@ -99,8 +99,14 @@ def test_ops_column_sums_up_long_op_lists():
 
 
 def run_inspect(*argv):
-    code = "import sys; from mxtrt_backend.report import inspect_main; sys.exit(inspect_main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "mxtrt_backend", "inspect", *argv],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_inspect_main_is_the_command_without_the_subcommand_word(checkpoint, capsys):
+    assert report.inspect_main([str(checkpoint[0])]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "4/5 compute nodes in 2 subgraphs; refused: 1 x erf (no converter for this op)")
 
 
 @pytest.fixture

@@ -52,3 +52,17 @@ def test_param_slots_name_weights_and_statistics():
     assert support.param_slots("BatchNorm") == (1, 2, 3, 4)
     assert support.param_slots("Activation") == ()
     assert support.param_slots("NoSuchOp") == ()
+
+
+def test_output_dtypes_other_than_float_are_refused():
+    f32, i32 = support.TensorInfo(dtype="float32"), support.TensorInfo(dtype="int32")
+    assert support.refusal("relu", {}, outputs=[f32]) is None
+    assert support.refusal("relu", {}, outputs=[i32]) == (
+        "output dtype int32 is not supported (supported: float32, float16)")
+
+
+def test_checks_on_inputs_see_what_type_inference_knows():
+    matrix, cube = support.TensorInfo((4, 5)), support.TensorInfo((2, 4, 5))
+    assert support.refusal("dot", {}, inputs=[cube, matrix]) is None
+    assert "3-D right operand" in support.refusal("dot", {}, inputs=[matrix, cube])
+    assert "needs its input shapes" in support.refusal("dot", {}, inputs=[support.TensorInfo()] * 2)

@@ -1,8 +1,9 @@
 """Every op of the support registry against plain MXNet, through the real partitioner and runtime.
 
 Each row is one op with one attribute variant; the whole graph must land in `_TensorRT` nodes,
-give MXNet's numbers (rel err < 1e-5), and export only ONNX ops TensorRT's parser accepts. Each
-refusal reason has a row showing the node stays in MXNet with that reason.
+give MXNet's numbers (rel err < 1e-5), and export only ONNX ops TensorRT's parser accepts. The
+same rows run again in float16 where MXNet has a float16 CPU kernel. Each refusal reason has a
+row showing the node stays in MXNet with that reason.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def case(case_id, sym, shapes=None, low=-1.0, high=1.0, ints=0, known=False):
 
 
 def unary(op, **kw):
-    return [case(op, getattr(mx.sym, op)(D), **kw), case(f"{op}_vec", getattr(mx.sym, op)(D), {"data": VEC}, **kw)]
+    fn = getattr(mx.sym, op)
+    return [case(op, fn(D), **kw), case(f"{op}_vec", fn(D), {"data": VEC}, **kw)]
 
 
 POS = {"low": 0.5, "high": 2.0}
@@ -351,6 +353,7 @@ REFUSALS = [
     refused("l2norm_instance", mx.sym.L2Normalization(D), "mode=instance is not supported"),
     refused("adaptive_pool_2", mx.sym.contrib.AdaptiveAvgPooling2D(D, output_size=2), "output_size != 1"),
     refused("bilinear_odd_scale", mx.sym.contrib.BilinearResize2D(D, scale_height=2, scale_width=2, mode="odd_scale"), "mode=odd_scale is not supported"),
+    refused("bilinear_no_align_corners", mx.sym.contrib.BilinearResize2D(D, height=4, width=4, align_corners=False), "align_corners=False is not supported"),
     refused("crop_center", mx.sym.Crop(D, h_w=(3, 3), center_crop=True), "center_crop=True is not supported"),
     refused("take_raise", mx.sym.take(D, mx.sym.var("i", shape=(3,)), mode="raise"), "mode=raise is not supported", known=True),
     refused("cast_int", mx.sym.Cast(D, dtype="int32"), "dtype=int32 is not supported"),
@@ -363,6 +366,7 @@ REFUSALS = [
     refused("norm_out_dtype", mx.sym.norm(D, out_dtype="float64"), "out_dtype=float64 is not supported"),
     refused("dot_unknown_shapes", mx.sym.dot(D, R), "dot needs its input shapes", {"data": (3, 4), "rhs": (4, 5)}),
     refused("dot_3d_rhs", mx.sym.dot(D, mx.sym.var("w", shape=(6, 2, 3))), "dot with a 3-D right operand", {"data": (4, 6)}),
+    refused("dot_transpose_a_3d", mx.sym.dot(D, mx.sym.var("w", shape=(4, 5)), transpose_a=True), "dot with transpose_a of a 3-D left operand", {"data": (4, 3, 2)}, known=True),
     refused("gemm2_axis", mx.sym.linalg.gemm2(D, R, axis=-3), "axis=-3 is not supported", {"data": (3, 2, 4), "rhs": (4, 2, 5)}),
     refused("float16_layernorm", mx.sym.LayerNorm(D), "float16: mx2onnx exports it with a float32 epsilon", {"data": SEQ}, known=True),
     refused("float16_gelu", mx.sym.LeakyReLU(mx.sym.broadcast_add(D, mx.sym.var("b", shape=(1,))), act_type="gelu"), "float16: mx2onnx exports gelu", known=True),

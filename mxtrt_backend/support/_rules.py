@@ -24,7 +24,9 @@ def ints(attrs: Attrs, key: str) -> tuple[int | None, ...]:
 
 def one_of(attrs: Attrs, key: str, allowed: tuple[str, ...], default: str) -> str | None:
     value = attrs.get(key, default)
-    return None if value in allowed else f"{key}={value} is not supported (supported: {', '.join(allowed)})"
+    if value in allowed:
+        return None
+    return f"{key}={value} is not supported (supported: {', '.join(allowed)})"
 
 
 def unset(attrs: Attrs, key: str, *empty: str) -> str | None:

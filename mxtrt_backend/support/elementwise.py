@@ -28,7 +28,8 @@ register(
 
 
 # ONNX Runtime's float16 Min aborts the process when it broadcasts.
-register("broadcast_minimum", float16_problem="ONNX Runtime's broadcasting float16 Min crashes")(always)
+register("broadcast_minimum",
+         float16_problem="ONNX Runtime's broadcasting float16 Min crashes")(always)
 
 
 @register("Cast")

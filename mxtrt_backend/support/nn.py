@@ -28,7 +28,8 @@ def _deconvolution(attrs: Attrs) -> str | None:
 def _uniform_dtype(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | None:
     # MXNet keeps float32 statistics for float16 data; opset-13 BatchNormalization wants one type.
     dtypes = sorted({t.dtype for t in inputs if t.dtype is not None})
-    return None if len(dtypes) <= 1 else f"inputs of mixed dtypes ({', '.join(dtypes)}) are not supported"
+    return (None if len(dtypes) <= 1
+            else f"inputs of mixed dtypes ({', '.join(dtypes)}) are not supported")
 
 
 @register("BatchNorm", param_slots=(1, 2, 3, 4), check_inputs=_uniform_dtype)
@@ -64,23 +65,22 @@ def _full_pooling_inputs(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | No
 def _pooling(attrs: Attrs) -> str | None:
     pool_type = attrs.get("pool_type", "max")
     global_pool = flag(attrs, "global_pool", False)
+    valid = attrs.get("pooling_convention", "valid") == "valid"
     return first_problem(
         one_of(attrs, "layout", _CHANNEL_FIRST, "None"),
         one_of(attrs, "pool_type", ("max", "avg", "lp"), "max"),
         one_of(attrs, "pooling_convention", ("valid", "full"), "valid"),
-        None if pool_type != "lp" or global_pool or attrs.get("pooling_convention", "valid") == "valid"
+        None if pool_type != "lp" or global_pool or valid
         else "lp pooling needs pooling_convention=valid",
         # ONNX's ceil_mode averages a clipped edge window over fewer elements than MXNet does.
-        None if pool_type != "avg" or global_pool or attrs.get("pooling_convention", "valid") == "valid"
+        None if pool_type != "avg" or global_pool or valid
         else "avg pooling with pooling_convention=full differs from ONNX at the edges",
         None if pool_type != "lp" or not global_pool
         else "global lp pooling differs from ONNX's GlobalLpPool",
     )
 
 
-@register("FullyConnected", param_slots=(1, 2))
-def _fully_connected(attrs: Attrs) -> str | None:
-    return None
+register("FullyConnected", param_slots=(1, 2))(always)
 
 
 @register("Activation")
@@ -101,7 +101,8 @@ def _leaky_relu_inputs(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | None
     # they agree on (N, C) data only.
     if act_type != "prelu" or _rank(inputs) in (1, 2):
         return None
-    return "prelu is supported on 2-D data of known shape only (ONNX broadcasts its slope differently)"
+    return ("prelu is supported on 2-D data of known shape only (ONNX broadcasts its slope "
+            "differently)")
 
 
 @register("LeakyReLU", param_slots=(1,), check_inputs=_leaky_relu_inputs)
@@ -138,7 +139,8 @@ def _softmax_output(attrs: Attrs) -> str | None:
 register("SoftmaxActivation")(always)
 
 
-@register("LayerNorm", param_slots=(1, 2), float16_problem="mx2onnx exports it with a float32 epsilon")
+@register("LayerNorm", param_slots=(1, 2),
+          float16_problem="mx2onnx exports it with a float32 epsilon")
 def _layer_norm(attrs: Attrs) -> str | None:
     return is_false(attrs, "output_mean_var")
 
@@ -152,9 +154,7 @@ def _dropout(attrs: Attrs) -> str | None:
     return one_of(attrs, "mode", ("training",), "training")
 
 
-@register("Embedding", param_slots=(1,))
-def _embedding(attrs: Attrs) -> str | None:
-    return None
+register("Embedding", param_slots=(1,))(always)
 
 
 @register("UpSampling")
@@ -177,17 +177,18 @@ def _l2_normalization(attrs: Attrs) -> str | None:
     return one_of(attrs, "mode", ("channel",), "instance")
 
 
-
 @register("_contrib_AdaptiveAvgPooling2D")
 def _adaptive_avg_pooling(attrs: Attrs) -> str | None:
-    sizes = ints(attrs, "output_size")
-    return None if all(size == 1 for size in sizes) else "adaptive pooling to output_size != 1 is not supported"
+    if all(size == 1 for size in ints(attrs, "output_size")):
+        return None
+    return "adaptive pooling to output_size != 1 is not supported"
 
 
 @register("_contrib_BilinearResize2D")
 def _bilinear_resize(attrs: Attrs) -> str | None:
-    return first_problem(one_of(attrs, "mode", ("size",), "size"),
-                         None if flag(attrs, "align_corners", True) else "align_corners=False is not supported")
+    return first_problem(
+        one_of(attrs, "mode", ("size",), "size"),
+        None if flag(attrs, "align_corners", True) else "align_corners=False is not supported")
 
 
 @register("Crop")
@@ -195,9 +196,8 @@ def _crop(attrs: Attrs) -> str | None:
     return is_false(attrs, "center_crop")
 
 
-@register("SequenceMask", float16_problem="mx2onnx exports it with a float32 mask value")
-def _sequence_mask(attrs: Attrs) -> str | None:
-    return None
+register("SequenceMask",
+         float16_problem="mx2onnx exports it with a float32 mask value")(always)
 
 
 register("_contrib_div_sqrt_dim", "_contrib_interleaved_matmul_selfatt_qk",

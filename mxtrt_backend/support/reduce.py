@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ._registry import Attrs, TensorInfo, register
+from ._registry import Attrs, TensorInfo, always, register
 from ._rules import first_problem, flag, is_false, one_of, unset
 
 
@@ -18,32 +18,24 @@ def _norm(attrs: Attrs) -> str | None:
                          one_of(attrs, "out_dtype", ("None", "float32", "float16"), "None"))
 
 
-@register("batch_dot")
-def _batch_dot(attrs: Attrs) -> str | None:
-    return None
+register("batch_dot", "argmax", "argmin")(always)
 
 
 def _dot_inputs(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | None:
     # ONNX MatMul contracts the last axis of a with the second-to-last of b; MXNet's dot contracts
     # with b's first axis. They agree when b is a matrix and a is not transposed or is a matrix.
     ranks = [len(t.shape) if t.shape is not None else None for t in inputs]
-    if len(ranks) != 2 or ranks[1] is None or (flag(attrs, "transpose_a", False) and ranks[0] is None):
+    transpose_a = flag(attrs, "transpose_a", False)
+    if len(ranks) != 2 or ranks[1] is None or (transpose_a and ranks[0] is None):
         return "dot needs its input shapes at partition time (pass the params, or shapes)"
     if ranks[1] != 2:
         return f"dot with a {ranks[1]}-D right operand differs from ONNX MatMul"
-    if flag(attrs, "transpose_a", False) and ranks[0] != 2:
+    if transpose_a and ranks[0] != 2:
         return f"dot with transpose_a of a {ranks[0]}-D left operand differs from ONNX MatMul"
     return None
 
 
-@register("dot", check_inputs=_dot_inputs)
-def _dot(attrs: Attrs) -> str | None:
-    return None
-
-
-@register("argmax", "argmin")
-def _arg_reduce(attrs: Attrs) -> str | None:
-    return None
+register("dot", check_inputs=_dot_inputs)(always)
 
 
 @register("_linalg_gemm2")

@@ -23,8 +23,11 @@ def _reshape(attrs: Attrs) -> str | None:
 
 @register("SwapAxis")
 def _swap_axis(attrs: Attrs) -> str | None:
-    negative = [key for key in ("dim1", "dim2") if int(attrs.get(key, "0")) < 0]
-    return f"{negative[0]}={attrs[negative[0]]}: negative axes are not supported" if negative else None
+    # mx2onnx rejects negative axes here.
+    for key in ("dim1", "dim2"):
+        if int(attrs.get(key, "0")) < 0:
+            return f"{key}={attrs[key]}: negative axes are not supported"
+    return None
 
 
 @register("slice")
@@ -41,32 +44,15 @@ def _broadcast_to(attrs: Attrs) -> str | None:
 
 
 register(
-    "Flatten", "transpose", "expand_dims", "slice_axis", "Concat", "stack", "tile",
-    "broadcast_axis", "broadcast_like", "depth_to_space", "space_to_depth", "repeat",
+    "Flatten", "transpose", "expand_dims", "squeeze", "slice_axis", "slice_like", "Concat",
+    "stack", "SliceChannel", "_split_v2", "tile", "repeat", "broadcast_axis", "broadcast_like",
+    "reshape_like", "depth_to_space", "space_to_depth", "one_hot",
 )(always)
-
-
-@register("squeeze")
-def _squeeze(attrs: Attrs) -> str | None:
-    return None
-
-
-@register("SliceChannel", "_split_v2")
-def _split(attrs: Attrs) -> str | None:
-    return None
-
-
-register("slice_like", "reshape_like")(always)
 
 
 @register("take")
 def _take(attrs: Attrs) -> str | None:
     return one_of(attrs, "mode", ("clip", "wrap"), "clip")
-
-
-@register("one_hot")
-def _one_hot(attrs: Attrs) -> str | None:
-    return None
 
 
 @register("reverse")
