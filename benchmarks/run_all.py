@@ -39,7 +39,7 @@ def forget_in_memory_caches() -> None:
 
 
 def zoo_symbol(name: str, shape: tuple[int, ...]):
-    net = vision.get_model(name, pretrained=False)
+    net = vision.get_model(name, pretrained=False, prefix="bench_")
     net.initialize(mx.init.Xavier())
     net.hybridize()
     net(mx.nd.zeros(shape))
@@ -59,7 +59,7 @@ def gluon_vs_backend() -> None:
             x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, shape))
             plain, _, _, _ = zoo_symbol(name, shape)
             plain.hybridize(static_alloc=True, static_shape=True)
-            trt = vision.get_model(name, pretrained=False)
+            trt = vision.get_model(name, pretrained=False, prefix="bench_")
             trt.initialize()
             trt.collect_params().load_dict({k: v.data() for k, v in plain.collect_params().items()})
             trt.hybridize(static_alloc=True, static_shape=True, backend="TensorRT")

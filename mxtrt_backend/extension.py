@@ -11,6 +11,7 @@ import atexit
 import ctypes
 import glob
 import os
+import threading
 import traceback
 from ctypes import POINTER, c_char_p, c_int, c_int64, c_uint64, c_void_p
 from typing import Any, Callable, Sequence
@@ -61,12 +62,28 @@ def key_values(keys: Any, vals: Any, count: int) -> dict[str, str]:
 
 
 def shapes(flat: Any, ndims: Any, count: int) -> list[tuple[int, ...]]:
+    # Slices of ctypes arrays are read in C, one call each: this runs on every forward.
+    ranks = ndims[:count]
+    dims = flat[:sum(ranks)]
     out, pos = [], 0
-    for i in range(count):
-        n = ndims[i]
-        out.append(tuple(flat[pos:pos + n]))
+    for n in ranks:
+        out.append(tuple(dims[pos:pos + n]))
         pos += n
     return out
+
+
+_pinned = threading.local()
+
+
+def pin_thread_state() -> None:
+    """Keep this thread's Python thread state for good.
+
+    Around each callback from a thread Python did not start (MXNet's engine workers run the
+    forwards), ctypes creates a thread state and destroys it afterwards: about 30 us per call.
+    One extra PyGILState_Ensure, never released, keeps the state alive across calls."""
+    if not getattr(_pinned, "done", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _pinned.done = True
 
 
 def error_text(err: BaseException) -> str:

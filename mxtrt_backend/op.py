@@ -22,7 +22,8 @@ import numpy as np
 from . import config, export, partition
 from .engine import Engine, Runtime, TensorRef, runtime_for
 from .engine.cache import ENGINES, cache_key
-from .extension import DEVICE_NAMES, Extension, ids_from_flags, key_values, shapes, strings
+from .extension import (DEVICE_NAMES, Extension, ids_from_flags, key_values, pin_thread_state,
+                        shapes, strings)
 
 log = logging.getLogger("mxtrt")
 
@@ -223,8 +224,10 @@ def _create(num_attrs: int, keys: Any, vals: Any, dev_type: int, dev_id: int, nu
 
 def _refs(count: int, data: Any, flat_shapes: Any, ndims: Any, dtypes: Any,
           versions: Any = None) -> list[TensorRef]:
-    return [TensorRef(data[i] or 0, shape, export.dtype_of(dtypes[i]), versions[i] if versions else 0)
-            for i, shape in enumerate(shapes(flat_shapes, ndims, count))]
+    return [TensorRef(ptr or 0, shape, export.dtype_of(code), version)
+            for ptr, shape, code, version in zip(
+                data[:count], shapes(flat_shapes, ndims, count), dtypes[:count],
+                versions[:count] if versions else itertools.repeat(0))]
 
 
 def _forward(handle: int, num_in: int, in_data: Any, in_shapes: Any, in_ndims: Any,
@@ -232,6 +235,7 @@ def _forward(handle: int, num_in: int, in_data: Any, in_shapes: Any, in_ndims: A
              out_ndims: Any, out_dtypes: Any, dev_type: int, dev_id: int, stream: int,
              reply: int) -> int:
     assert _ext is not None
+    pin_thread_state()
     try:
         state = _states[handle]
         run_state(state, _refs(num_in, in_data, in_shapes, in_ndims, in_dtypes, in_versions),
@@ -243,6 +247,7 @@ def _forward(handle: int, num_in: int, in_data: Any, in_shapes: Any, in_ndims: A
 
 
 def _destroy(handle: int) -> None:
+    pin_thread_state()
     with _lock:
         _states.pop(handle, None)
 
