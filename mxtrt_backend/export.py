@@ -62,10 +62,14 @@ class Subgraph:
     input_names: tuple[str, ...]
     compute_nodes: int
     digest: str
+    # Inputs MXNet treats as auxiliary states (BatchNorm statistics): mutable inputs of the op.
+    aux_names: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, text: str) -> "Subgraph":
         graph = json.loads(text)
+        aux = tuple(n["name"] for n in graph["nodes"]
+                    if n["op"] == "null" and n.get("attrs", {}).get("isAux") == "True")
         for node in graph["nodes"]:
             attrs = {k: v for k, v in node.pop("attrs", {}).items()
                      if not k.startswith("__ext_") and k not in _BOOKKEEPING_ATTRS}
@@ -76,7 +80,7 @@ class Subgraph:
         inputs = tuple(n["name"] for n in graph["nodes"] if n["op"] == "null")
         compute = sum(1 for n in graph["nodes"] if n["op"] != "null")
         canonical = json.dumps({"nodes": graph["nodes"], "heads": graph["heads"]}, sort_keys=True)
-        return cls(graph, inputs, compute, hashlib.sha256(canonical.encode()).hexdigest())
+        return cls(graph, inputs, compute, hashlib.sha256(canonical.encode()).hexdigest(), aux)
 
     def to_json(self) -> str:
         import mxnet as mx

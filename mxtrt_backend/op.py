@@ -46,6 +46,11 @@ class OpState:
     engine: Engine | None = None
     fingerprint: tuple[tuple[int, int], ...] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Parameter inputs MXNet may count as written by this op's own forward (auxiliary states),
+    # whether it does so in this path (learnt, see `_unchanged`), and samples of their values.
+    mutable: frozenset[int] = frozenset()
+    own_writes: bool | None = None
+    samples: dict[int, bytes] = field(default_factory=dict)
 
 
 _states: dict[int, OpState] = {}
@@ -70,7 +75,8 @@ def create_state(attrs: dict[str, str], device: str, device_id: int,
         name=subgraph.digest[:12], subgraph=subgraph, structure=structure, params=params,
         data=tuple(i for i in range(len(in_shapes)) if i not in params),
         in_shapes=tuple(in_shapes), in_dtypes=tuple(in_dtypes), options=options,
-        runtime=runtime_for(device), device=device, device_id=device_id)
+        runtime=runtime_for(device), device=device, device_id=device_id,
+        mutable=frozenset(i for i in params if subgraph.input_names[i] in subgraph.aux_names))
     handle = next(_handles)
     with _lock:
         _states[handle] = state
@@ -132,14 +138,38 @@ def _engine_for(state: OpState, inputs: Sequence[TensorRef],
     return hit.engine
 
 
+def _unchanged(state: OpState, inputs: Sequence[TensorRef],
+               fingerprint: tuple[tuple[int, int], ...]) -> bool:
+    """Are the parameters baked into the engine still the ones MXNet hands over?
+
+    MXNet bumps an array's version on every write. Gluon's CachedOp also counts each forward of
+    this op as a write of its auxiliary inputs (they are declared mutable), so there they gain
+    exactly one version per forward; a bound executor does not bump them. Which of the two
+    holds is learnt the first time an auxiliary input gains one version, by its values."""
+    assert state.fingerprint is not None
+    if fingerprint == state.fingerprint:
+        if state.mutable and state.own_writes is None:
+            state.own_writes = False
+        return True
+    changed = [(i, old, new) for i, old, new in zip(state.params, state.fingerprint, fingerprint)
+               if old != new]
+    if any(i not in state.mutable or new != (old[0], old[1] + 1) for i, old, new in changed):
+        return False
+    if state.own_writes is None:
+        state.own_writes = all(state.runtime.sample(inputs[i]) == state.samples[i]
+                               for i, _, _ in changed)
+    return state.own_writes
+
+
 def run_state(state: OpState, inputs: Sequence[TensorRef], outputs: Sequence[TensorRef],
               stream: int) -> None:
     _check_inputs(state, inputs)
     fingerprint = tuple((inputs[i].ptr, inputs[i].version) for i in state.params)
     with state.lock:
-        if state.engine is None or fingerprint != state.fingerprint:
+        if state.engine is None or not _unchanged(state, inputs, fingerprint):
             state.engine = _engine_for(state, inputs, fingerprint)
-            state.fingerprint = fingerprint
+            state.samples = {i: state.runtime.sample(inputs[i]) for i in state.mutable}
+        state.fingerprint = fingerprint
         engine = state.engine
     engine.run([inputs[i] for i in state.data], outputs, stream)
 

@@ -134,3 +134,52 @@ def test_reused_memory_with_the_same_version_is_not_taken_for_the_old_parameters
     for i in state.params:
         buffers[i][...] = np.random.RandomState(100 + i).uniform(-1, 1, buffers[i].shape)
     assert op._param_digest(state, refs, fingerprint) != before
+
+
+def bn_block(prefix: str) -> mx.gluon.HybridBlock:
+    net = mx.gluon.nn.HybridSequential(prefix=prefix)
+    with net.name_scope():
+        net.add(mx.gluon.nn.Conv2D(4, 3, padding=1, in_channels=3),
+                mx.gluon.nn.BatchNorm(in_channels=4), mx.gluon.nn.Activation("relu"))
+    net.initialize()
+    return net
+
+
+def test_gluon_static_forwards_reuse_the_engine_and_follow_changed_statistics(monkeypatch):
+    """CachedOp counts each forward as a write of the BatchNorm statistics (one version each):
+    that must not rebuild the engine, while a real change of the statistics must."""
+    from mxtrt_backend import op
+
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 6, 6)))
+    plain, trt = bn_block("p_"), bn_block("p_")
+    trt.collect_params().load_dict({k: v.data() for k, v in plain.collect_params().items()})
+    trt.hybridize(static_alloc=True, static_shape=True, backend="TensorRT")
+    builds = []
+    original = op._engine_for
+    monkeypatch.setattr(op, "_engine_for", lambda *a: builds.append(1) or original(*a))
+    for _ in range(5):
+        out = trt(x).asnumpy()
+    assert len(builds) == 1
+    assert rel_err(out, plain(x).asnumpy()) < 1e-5
+    mean = np.random.RandomState(3).uniform(-1, 1, 4)
+    for net in (plain, trt):
+        net.collect_params()["p_batchnorm0_running_mean"].set_data(mx.nd.array(mean))
+    out = trt(x).asnumpy()
+    assert len(builds) == 2
+    assert rel_err(out, plain(x).asnumpy()) < 1e-5
+
+
+def test_executor_follows_changed_statistics_after_several_forwards():
+    x = mx.sym.BatchNorm(mx.sym.Convolution(D, num_filter=4, kernel=(1, 1), name="c"), name="bn")
+    sym = mx.sym.Activation(x, act_type="relu", name="r")
+    args, aux = random_params(sym, {"data": (2, 3, 5, 5)})
+    ex = sym.optimize_for("TensorRT", args, aux, ctx=mx.cpu()).bind(
+        mx.cpu(), dict(args, data=mx.nd.ones((2, 3, 5, 5))), aux_states=aux, grad_req="null")
+    for _ in range(3):
+        ex.forward(is_train=False)
+        ex.outputs[0].wait_to_read()
+    _, new_aux = random_params(sym, {"data": (2, 3, 5, 5)}, seed=9)
+    ex.copy_params_from(args, new_aux)
+    ex.forward(is_train=False)
+    ref = forward(sym, args, new_aux, {"data": np.ones((2, 3, 5, 5), "f")})[0]
+    assert rel_err(ex.outputs[0].asnumpy(), ref) < 1e-5
