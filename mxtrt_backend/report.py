@@ -2,8 +2,8 @@
 
 ``inspect`` partitions a symbol with the real ``optimize_for('TensorRT')`` and returns the
 partition report: the `_TensorRT` subgraphs (nodes, inputs, outputs) and every node left to MXNet
-with its reason. ``format_report`` renders it as text tables; ``inspect_main`` is the
-``inspect model-symbol.json [model-0000.params]`` command.
+with its reason. ``format_report`` renders it as text tables; ``arguments``/``run`` are the
+``inspect model-symbol.json [model-0000.params]`` subcommand.
 """
 from __future__ import annotations
 
@@ -109,12 +109,3 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(format_report(inspect(sym, *values, shapes=dict(args.shape) or None, **options)))
     return 0
-
-
-def inspect_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m mxtrt_backend inspect",
-        description="show which nodes of a model the TensorRT backend converts, in which "
-                    "subgraphs, and why it leaves the others to MXNet")
-    arguments(parser)
-    return run(parser.parse_args(argv))

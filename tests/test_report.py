@@ -103,12 +103,6 @@ def run_inspect(*argv):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_inspect_main_is_the_command_without_the_subcommand_word(checkpoint, capsys):
-    assert report.inspect_main([str(checkpoint[0])]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == (
-        "4/5 compute nodes in 2 subgraphs; refused: 1 x erf (no converter for this op)")
-
-
 @pytest.fixture
 def checkpoint(tmp_path):
     x = conv_relu(mx.sym.var("data"), "a")
