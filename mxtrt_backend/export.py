@@ -96,6 +96,8 @@ class ExportedGraph:
     onnx_bytes: bytes
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    # Each output's dtype and shape as the ONNX graph declares them (None: a symbolic dim).
+    output_specs: tuple[tuple[np.dtype, tuple[int | None, ...]], ...] = ()
 
     @functools.cached_property
     def digest(self) -> str:
@@ -158,7 +160,14 @@ def export_structure(subgraph: Subgraph, in_shapes: Sequence[Sequence[int]],
     ordered = [by_name[name] for name in outputs]
     del model.graph.output[:]
     model.graph.output.extend(ordered)
-    return ExportedGraph(model.SerializeToString(), subgraph.input_names, outputs)
+    return ExportedGraph(model.SerializeToString(), subgraph.input_names, outputs,
+                         tuple(_spec(o) for o in ordered))
+
+
+def _spec(value: onnx.ValueInfoProto) -> tuple[np.dtype, tuple[int | None, ...]]:
+    tensor = value.type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    return np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims
 
 
 def bake_params(exported: ExportedGraph, params: Mapping[str, np.ndarray]) -> ExportedGraph:
@@ -171,7 +180,8 @@ def bake_params(exported: ExportedGraph, params: Mapping[str, np.ndarray]) -> Ex
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
     onnx.checker.check_model(model)
     inputs = tuple(name for name in exported.input_names if name not in params)
-    return ExportedGraph(model.SerializeToString(), inputs, exported.output_names)
+    return ExportedGraph(model.SerializeToString(), inputs, exported.output_names,
+                         exported.output_specs)
 
 
 _exported: dict[tuple[object, ...], ExportedGraph] = {}

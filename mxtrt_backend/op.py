@@ -83,12 +83,21 @@ def create_state(attrs: dict[str, str], device: str, device_id: int,
     return handle
 
 
-def _check_inputs(state: OpState, inputs: Sequence[TensorRef]) -> None:
+def _check_io(state: OpState, inputs: Sequence[TensorRef], outputs: Sequence[TensorRef]) -> None:
+    """The engine reads and writes MXNet's buffers in place: any disagreement on a dtype or a
+    shape would be a wrong answer or a write past a buffer, so it is an error instead."""
     for name, ref, shape, dtype in zip(state.subgraph.input_names, inputs, state.in_shapes,
                                        state.in_dtypes):
         if ref.shape != shape or ref.dtype != dtype:
             raise ValueError(f"_TensorRT subgraph {state.name}: input '{name}' is {ref.dtype}"
                              f"{list(ref.shape)}, the engine was made for {dtype}{list(shape)}")
+    for name, ref, (dtype, dims) in zip(state.structure.output_names, outputs,
+                                        state.structure.output_specs):
+        if ref.dtype != dtype or len(ref.shape) != len(dims) or any(
+                d is not None and d != n for d, n in zip(dims, ref.shape)):
+            raise ValueError(f"_TensorRT subgraph {state.name}: MXNet's buffer for output '{name}'"
+                             f" is {ref.dtype}{list(ref.shape)}, the exported graph computes "
+                             f"{dtype}{list(dims)}")
 
 
 def _param_digest(state: OpState, inputs: Sequence[TensorRef],
@@ -163,7 +172,7 @@ def _unchanged(state: OpState, inputs: Sequence[TensorRef],
 
 def run_state(state: OpState, inputs: Sequence[TensorRef], outputs: Sequence[TensorRef],
               stream: int) -> None:
-    _check_inputs(state, inputs)
+    _check_io(state, inputs, outputs)
     fingerprint = tuple((inputs[i].ptr, inputs[i].version) for i in state.params)
     with state.lock:
         if state.engine is None or not _unchanged(state, inputs, fingerprint):

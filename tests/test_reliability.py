@@ -48,6 +48,24 @@ def test_wrong_input_shape_names_the_subgraph_input():
         op.run_state(state, inputs, [], 0)
 
 
+def test_output_buffer_of_another_dtype_is_refused_before_the_engine_writes():
+    from mxtrt_backend import op
+    from mxtrt_backend.engine import TensorRef
+
+    sym = net()
+    args, _ = random_params(sym, {"data": SHAPE})
+    ex = trt_executor(sym, args)
+    ex.forward(is_train=False)
+    ex.outputs[0].wait_to_read()
+    state = op._states[max(op._states)]
+    ins = [np.zeros(shape, dtype) for shape, dtype in zip(state.in_shapes, state.in_dtypes)]
+    inputs = [TensorRef(a.ctypes.data, a.shape, a.dtype) for a in ins]
+    small = np.zeros((4, 5), np.float16)  # half the bytes the engine would write
+    with pytest.raises(ValueError, match=r"buffer for output 'fc' is float16\[4, 5\], the exported "
+                                         r"graph computes float32\[4, 5\]"):
+        op.run_state(state, inputs, [TensorRef(small.ctypes.data, small.shape, small.dtype)], 0)
+
+
 def test_one_executor_from_four_threads_and_four_executors():
     sym = net()
     args, _ = random_params(sym, {"data": SHAPE})
