@@ -38,9 +38,9 @@ _BOOKKEEPING_ATTRS = ("isArg", "isAux", "argName")
 
 
 # MXNet's dtype codes (lib_api.h MXDType, also used in "__ext_dtype__" attributes).
-MX_DTYPES = {0: np.dtype(np.float32), 1: np.dtype(np.float64), 2: np.dtype(np.float16),
-             3: np.dtype(np.uint8), 4: np.dtype(np.int32), 5: np.dtype(np.int8),
-             6: np.dtype(np.int64)}
+MX_DTYPES: dict[int, np.dtype] = {0: np.dtype(np.float32), 1: np.dtype(np.float64), 2: np.dtype(np.float16),
+                                  3: np.dtype(np.uint8), 4: np.dtype(np.int32),
+                                  5: np.dtype(np.int8), 6: np.dtype(np.int64)}
 
 
 def dtype_of(code: int) -> np.dtype:

@@ -34,7 +34,7 @@ class TensorRef(NamedTuple):
 def host_array(ref: TensorRef) -> np.ndarray:
     """A numpy view of host memory MXNet owns (valid for the duration of the call)."""
     buffer = (ctypes.c_char * ref.nbytes).from_address(ref.ptr)
-    return np.frombuffer(buffer, dtype=ref.dtype).reshape(ref.shape)
+    return np.frombuffer(memoryview(buffer), dtype=ref.dtype).reshape(ref.shape)
 
 
 class Engine(ABC):
