@@ -64,3 +64,11 @@ def test_every_option_is_in_the_table_with_an_env_var():
     rows = config.table()
     assert [r["option"] for r in rows] == [s.name for s in config.OPTIONS]
     assert all(r["env"] for r in rows)
+
+
+def test_readme_documents_every_option_and_its_variable():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for spec in config.OPTIONS:
+        assert f"| `{spec.env}` | `{spec.name}` |" in readme, spec.name
