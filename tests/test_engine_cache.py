@@ -120,3 +120,32 @@ def test_a_new_process_reuses_the_engine_from_disk(tmp_path):
     assert "cache hit (disk)" in warm and "cache miss" not in warm
     sums = [float(line.split()[1]) for r in runs for line in r.stdout.splitlines() if line.startswith("SUM")]
     assert sums[0] == sums[1] == pytest.approx(4 * 16 * 2.7, rel=1e-6)
+
+
+def test_damaged_real_engine_file_is_rebuilt_and_the_answer_stays_right(isolated_cache, caplog):
+    import mxnet as mx
+    import numpy as np
+
+    from mxtrt_backend.engine.cache import ENGINES
+
+    x = mx.sym.Convolution(mx.sym.var("data"), num_filter=4, kernel=(3, 3), name="c")
+    sym = mx.sym.Activation(x, act_type="tanh", name="t")
+    rng = np.random.RandomState(0)
+    args = {"c_weight": mx.nd.array(rng.uniform(-1, 1, (4, 3, 3, 3))), "c_bias": mx.nd.zeros(4)}
+    data = mx.nd.array(rng.uniform(-1, 1, (1, 3, 6, 6)))
+
+    def run(s: mx.sym.Symbol) -> np.ndarray:
+        ex = s.bind(mx.cpu(), dict(args, data=data), grad_req="null")
+        ex.forward(is_train=False)
+        return ex.outputs[0].asnumpy()
+
+    expected = run(sym)
+    trt = sym.optimize_for("TensorRT", args, {}, ctx=mx.cpu())
+    run(trt)
+    (path,) = isolated_cache.glob("*.engine")
+    path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk or a killed writer
+    ENGINES.clear_memory()  # what a new process would see
+    with caplog.at_level(logging.WARNING, logger="mxtrt"):
+        np.testing.assert_allclose(run(trt), expected, rtol=1e-5, atol=1e-6)
+    assert [r.message for r in caplog.records if "discarding cached engine" in r.message]
+    assert unpack(path.read_bytes(), "onnxruntime", __import__("onnxruntime").__version__)
