@@ -11,7 +11,6 @@ import pytest
 from onnx import helper
 
 from mxtrt_backend import export, trt_onnx_ops
-from mxtrt_backend.engine import cache
 from mxtrt_backend.engine.cache import ENGINES
 from mxtrt_backend.engine.ort import OrtRuntime
 from mxtrt_backend.trt_onnx_ops import SUPPORTED_OPS, unsupported_ops
@@ -40,22 +39,27 @@ def conv_net() -> mx.sym.Symbol:
 
 
 def pipeline_graphs(sym: mx.sym.Symbol, data_shape: tuple[int, ...]) -> list[export.ExportedGraph]:
-    """The ONNX graphs the real pipeline makes: optimize_for, bind and forward on a CPU context;
-    the op exports each subgraph (export_structure) and bakes its parameters (bake_params), and
-    ONNX Runtime's serialized engine is that baked model, read back from the engine cache."""
+    """The ONNX graphs the real pipeline hands to a runtime's build, as TensorRT's parser would get
+    them: optimize_for, bind and forward on a CPU context; the op exports each subgraph
+    (export_structure) and bakes its parameters (bake_params) before calling Runtime.build."""
     args, aux = random_params(sym, {"data": data_shape})
-    runtime = OrtRuntime()
-    ENGINES.clear_memory()  # so every engine is built, and written, here
-    with tempfile.TemporaryDirectory() as folder:
+    handed: list[bytes] = []
+    original = OrtRuntime.build
+
+    def build(self, onnx_bytes, *rest):  # records what the runtime is given, then builds it
+        handed.append(onnx_bytes)
+        return original(self, onnx_bytes, *rest)
+
+    ENGINES.clear_memory()  # so every engine is built here
+    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(OrtRuntime, "build", build)
         part = sym.optimize_for("TensorRT", args, aux, ctx=mx.cpu(), cache_dir=folder)
         forward(part, args, aux, {"data": np.zeros(data_shape, np.float32)})
-        blobs = [cache.unpack(p.read_bytes(), runtime.name, runtime.version())
-                 for p in sorted(Path(folder).glob("*.engine"))]
-    assert blobs, "nothing was converted"
-    models = [onnx.load_from_string(b) for b in blobs]
+    assert handed, "nothing was converted"
+    models = [onnx.load_from_string(b) for b in handed]
     return [export.ExportedGraph(b, tuple(i.name for i in m.graph.input),
                                  tuple(o.name for o in m.graph.output))
-            for b, m in zip(blobs, models)]
+            for b, m in zip(handed, models)]
 
 
 def data_subgraph(data_shape: tuple[int, ...] = DATA) -> export.ExportedGraph:

@@ -1,7 +1,7 @@
 """The engine cache: in memory for this process, on disk across processes.
 
 A disk entry is ``<key>.engine``: a header (magic, format, runtime, runtime version, payload
-size and sha256) followed by the serialized engine. An entry that fails any check is discarded
+size and CRC-32) followed by the serialized engine. An entry that fails any check is discarded
 with one WARNING and rebuilt, so a damaged cache costs time, never a wrong answer. Writers take
 a file lock and write a temporary file that is renamed into place, so readers never see a torn
 file and two processes building the same engine leave one file.
@@ -15,6 +15,7 @@ import os
 import struct
 import tempfile
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +27,7 @@ from . import Engine
 log = logging.getLogger("mxtrt")
 
 MAGIC = b"MXTRTENG"
-FORMAT = 1
+FORMAT = 2
 _HEADER_LEN = struct.Struct("<I")
 
 
@@ -41,7 +42,7 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 def pack(blob: bytes, runtime: str, version: str) -> bytes:
     header = json.dumps({"format": FORMAT, "runtime": runtime, "version": version,
-                         "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}).encode()
+                         "size": len(blob), "crc32": zlib.crc32(blob)}).encode()
     return MAGIC + _HEADER_LEN.pack(len(header)) + header + blob
 
 
@@ -61,7 +62,9 @@ def unpack(data: bytes, runtime: str, version: str) -> bytes:
     found = {k: header.get(k) for k in expected}
     if found != expected:
         raise CorruptEntry(f"built by {found}, this process runs {expected}")
-    if header.get("size") != len(blob) or header.get("sha256") != hashlib.sha256(blob).hexdigest():
+    # CRC-32 catches damage (truncation, bit rot, a foreign file) at twice sha256's speed; the
+    # file's name, a sha256 of all inputs, is what ties it to a model.
+    if header.get("size") != len(blob) or header.get("crc32") != zlib.crc32(blob):
         raise CorruptEntry("payload size or checksum mismatch (truncated or damaged)")
     return blob
 
