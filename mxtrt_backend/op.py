@@ -111,7 +111,7 @@ def _param_digest(state: OpState, inputs: Sequence[TensorRef],
     if digest is None:
         h = hashlib.sha256()
         for i in state.params:
-            h.update(memoryview(np.ascontiguousarray(state.runtime.to_host(inputs[i]))))  # no copy
+            h.update(np.ascontiguousarray(state.runtime.to_host(inputs[i])).data)  # no copy
         digest = h.hexdigest()
         with _lock:
             _param_digests[memo] = digest
