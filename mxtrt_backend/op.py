@@ -104,8 +104,11 @@ def _param_digest(state: OpState, inputs: Sequence[TensorRef],
                   fingerprint: tuple[tuple[int, int], ...]) -> str:
     # Addresses and versions alone can repeat when a freed model's memory is reused by another
     # with the same layout; a sample of the values makes that collision practically impossible.
+    # Versions of mutable inputs are left out: Gluon bumps them at every forward (see
+    # `_unchanged`), and makes a new op state per forward unless static_alloc is on.
     sample = b"".join(state.runtime.sample(inputs[i]) for i in state.params)
-    memo = (state.structure.digest, fingerprint, hashlib.sha256(sample).digest())
+    stable = tuple(f for i, f in zip(state.params, fingerprint) if i not in state.mutable)
+    memo = (state.structure.digest, stable, hashlib.sha256(sample).digest())
     with _lock:
         digest = _param_digests.get(memo)
     if digest is None:

@@ -183,3 +183,22 @@ def test_executor_follows_changed_statistics_after_several_forwards():
     ex.forward(is_train=False)
     ref = forward(sym, args, new_aux, {"data": np.ones((2, 3, 5, 5), "f")})[0]
     assert rel_err(ex.outputs[0].asnumpy(), ref) < 1e-5
+
+
+def test_gluon_without_static_alloc_hashes_the_weights_once(monkeypatch):
+    """Without static_alloc Gluon makes a new op state per forward and bumps the BatchNorm
+    statistics' versions: the weights must still be hashed once, not at every forward."""
+    from mxtrt_backend.engine.ort import OrtRuntime
+
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 6, 6)))
+    plain, trt = bn_block("d_"), bn_block("d_")
+    trt.collect_params().load_dict({k: v.data() for k, v in plain.collect_params().items()})
+    trt.hybridize(backend="TensorRT")
+    trt(x).wait_to_read()
+    reads = []
+    original = OrtRuntime.to_host
+    monkeypatch.setattr(OrtRuntime, "to_host", lambda self, ref: reads.append(1) or original(self, ref))
+    for _ in range(4):
+        out = trt(x).asnumpy()
+    assert reads == []
+    assert rel_err(out, plain(x).asnumpy()) < 1e-5
