@@ -178,8 +178,8 @@ def partition_scaling() -> None:
         for w in ours:
             w.restore()
         print(f"{n:>7}{t:>10.3f}{t / n * 1e6:>9.1f}{mine:>10.3f}{mine / n * 1e6:>9.1f}", flush=True)
-    print("(total includes MXNet's own partitioning, which copies its table of supported nodes for\n"
-          " every node it visits: quadratic in MXNet 1.9, see README)")
+    print("(total includes MXNet's own partitioning, which copies a table of all nodes into a new\n"
+          " selector for every node it visits: quadratic in MXNet 1.9, see README)")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,30 @@ MXReturnValue supportedOps(const Graph* graph, std::vector<int>* ids,
   return MX_SUCCESS;
 }
 
+// MXNet 1.9 hands a supportedOps partitioner's whole table of supported node names to a new
+// selector for every node it visits, which makes partitioning quadratic in graph size. A selector
+// of our own asks Python once and answers MXNet's per-node questions from a vector.
+class TensorRTSelector : public mxnet::ext::CustomOpSelector {
+ public:
+  explicit TensorRTSelector(std::vector<bool> supported) : supported_(std::move(supported)) {}
+  bool Select(int node) override { return supported_[node]; }
+  bool SelectInput(int, int input) override { return supported_[input]; }
+  bool SelectOutput(int, int output) override { return supported_[output]; }
+
+ private:
+  std::vector<bool> supported_;
+};
+
+MXReturnValue createSelector(const Graph* graph, mxnet::ext::CustomOpSelector** selector,
+                             const std::unordered_map<std::string, std::string>& options) {
+  std::vector<int> ids(graph->size(), -2);
+  if (!supportedOps(graph, &ids, options)) return MX_FAIL;
+  std::vector<bool> supported;
+  for (int id : ids) supported.push_back(id != -2);
+  *selector = new TensorRTSelector(std::move(supported));
+  return MX_SUCCESS;
+}
+
 MXReturnValue reviewSubgraph(const Graph* subgraph, int subgraph_id, bool* accept,
                              const std::unordered_map<std::string, std::string>& options,
                              std::unordered_map<std::string, std::string>* attrs) {
@@ -224,7 +248,7 @@ REGISTER_OP(_TensorRT)
 
 REGISTER_PARTITIONER(TensorRT)
     .addStrategy("strategy1", "_TensorRT")
-    .setSupportedOps("strategy1", supportedOps)
+    .setCreateSelector("strategy1", createSelector)
     .setReviewSubgraph("strategy1", reviewSubgraph);
 
 extern "C" {
