@@ -224,15 +224,5 @@ def explicit(raw: Mapping[str, str]) -> dict[str, str]:
     return {name: str(value) for name, value in raw.items() if name in _BY_NAME}
 
 
-def table() -> list[dict[str, str]]:
-    """The option table as rows, for the README and `python -m mxtrt_backend options`."""
-    defaults = Options()
-    return [
-        {"option": spec.name, "env": spec.env, "default": repr(getattr(defaults, spec.name)),
-         "help": spec.help}
-        for spec in OPTIONS
-    ]
-
-
 assert [f.name for f in dataclasses.fields(Options)] == [s.name for s in OPTIONS], \
     "Options fields and the OPTIONS table must list the same names in the same order"
