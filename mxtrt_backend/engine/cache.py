@@ -148,10 +148,12 @@ class EngineCache:
         try:
             return unpack(data, runtime, version)
         except CorruptEntry as err:
-            if discard:  # bundles are the user's files: skipped, never deleted
+            if discard:
                 path.unlink(missing_ok=True)
-            log.warning("mxtrt: %s cached engine %s: %s; rebuilding it",
-                        "discarding" if discard else "ignoring", path, err)
+                log.warning("mxtrt: discarding cached engine %s: %s; rebuilding it", path, err)
+            else:  # a bundle holds the user's files: skipped, never deleted
+                log.warning("mxtrt: ignoring bundled engine %s: %s; using the engine cache",
+                            path, err)
             return None
 
     @staticmethod
