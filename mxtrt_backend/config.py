@@ -107,82 +107,105 @@ def _check_calibration_data(value: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class OptionSpec:
+    """How one option is read: the metadata of its field in ``Options``."""
+
     name: str
-    parse: Callable[[str], Any]
-    default: Callable[[], Any]
     env: str
     help: str
-    check: Callable[[Any], str | None] = lambda value: None
+    parse: Callable[[str], Any]
+    check: Callable[[Any], str | None]
     # Whether a change of this option must give a different engine (it is part of the cache key).
-    affects_engine: bool = False
+    affects_engine: bool
     # The value's form in the cache key, when the value itself does not capture what it means.
-    key: Callable[[Any], Any] = lambda value: value
+    key: Callable[[Any], Any]
+    # The default as the documentation shows it.
+    shown_default: str
 
 
-OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec("min_subgraph_size", _parse_int, lambda: 2, "MXNET_TENSORRT_MIN_SUBGRAPH_SIZE",
-               "smallest number of operator nodes worth a _TensorRT subgraph", _at_least(1)),
-    OptionSpec("exclude_ops", _parse_names, tuple, "MXNET_TENSORRT_EXCLUDE_OPS",
-               "comma-separated MXNet op names that stay in MXNet"),
-    OptionSpec("param_inputs", _parse_names, tuple, "MXNET_TENSORRT_PARAM_INPUTS",
-               "comma-separated input names baked into engines as constants at the first forward, "
-               "besides inputs feeding weight/bias/statistics slots and values given to optimize_for"),
-    OptionSpec("data_inputs", _parse_names, tuple, "MXNET_TENSORRT_DATA_INPUTS",
-               "comma-separated input names never baked, even if a value was given at partitioning "
-               "(the Gluon hook sets the block's data inputs)"),
-    OptionSpec("cache_dir", _parse_path, _default_cache_dir, "MXTRT_CACHE_DIR",
-               "folder of the on-disk engine cache"),
-    OptionSpec("ort_threads", _parse_int, lambda: 0, "MXNET_TENSORRT_ORT_THREADS",
-               "ONNX Runtime intra-op threads on CPU contexts (0: ONNX Runtime decides)",
-               _at_least(0), affects_engine=True),
-    OptionSpec("precision", _parse_precision, lambda: "fp32", "MXNET_TENSORRT_PRECISION",
-               "TensorRT precision on GPU contexts: fp32, fp16 or int8 (int8 needs calibration_data "
-               "or calibration_cache)", _check_precision, affects_engine=True),
-    OptionSpec("max_workspace_size", _parse_int, lambda: 1 << 30, "MXNET_TENSORRT_MAX_WORKSPACE_SIZE",
-               "TensorRT workspace memory pool limit in bytes", _at_least(1), affects_engine=True),
-    OptionSpec("batch_range", _parse_batch_range, lambda: None, "MXNET_TENSORRT_BATCH_RANGE",
-               '"min,opt,max": one TensorRT optimization profile over the batch dimension (dim 0) '
-               "of every data input; unset: the batch the op was created with",
-               _check_batch_range, affects_engine=True),
-    OptionSpec("builder_optimization_level", _parse_int, lambda: 3,
-               "MXNET_TENSORRT_BUILDER_OPTIMIZATION_LEVEL",
-               "TensorRT builder effort, 0 (fast build) to 5 (slow build, maybe faster engine)",
-               _between(0, 5), affects_engine=True),
-    OptionSpec("calibration_cache", _parse_optional_path, lambda: None,
-               "MXNET_TENSORRT_CALIBRATION_CACHE",
-               "existing TensorRT int8 calibration cache file (skips calibration)",
-               _check_existing_file, affects_engine=True, key=_file_digest),
-    OptionSpec("calibration_data", _parse_token, lambda: None, "MXNET_TENSORRT_CALIBRATION_DATA",
-               "int8 calibration batches: the token returned by "
-               "mxtrt_backend.calibration_data(data_iter_or_batches) in this process",
-               _check_calibration_data, affects_engine=True),
-)
-
-_BY_NAME = {spec.name: spec for spec in OPTIONS}
-
-# Keys MXNet itself adds to a backend's options; they are not ours to validate.
-_MXNET_KEYS = frozenset({"dedup_subgraph"})
+def _option(default: Any = dataclasses.MISSING, *, env: str, help: str,
+            parse: Callable[[str], Any], check: Callable[[Any], str | None] = lambda value: None,
+            affects_engine: bool = False, key: Callable[[Any], Any] = lambda value: value,
+            default_factory: Callable[[], Any] | None = None, shown_default: str | None = None
+            ) -> Any:
+    """A field of ``Options``, with everything about the option as its metadata."""
+    metadata = {"env": env, "help": help, "parse": parse, "check": check,
+                "affects_engine": affects_engine, "key": key,
+                "shown_default": shown_default if shown_default is not None else f"`{default}`"}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Options:
-    min_subgraph_size: int = 2
-    exclude_ops: tuple[str, ...] = ()
-    param_inputs: tuple[str, ...] = ()
-    data_inputs: tuple[str, ...] = ()
-    cache_dir: str = field(default_factory=_default_cache_dir)
-    ort_threads: int = 0
-    precision: str = "fp32"
-    max_workspace_size: int = 1 << 30
-    batch_range: tuple[int, int, int] | None = None
-    builder_optimization_level: int = 3
-    calibration_cache: str | None = None
-    calibration_data: str | None = None
+    """Every option of the backend, declared once: its type, default, environment variable,
+    parser, check and role in the engine cache key (the field's metadata)."""
+
+    min_subgraph_size: int = _option(
+        2, env="MXNET_TENSORRT_MIN_SUBGRAPH_SIZE", parse=_parse_int, check=_at_least(1),
+        help="smallest number of operator nodes worth a `_TensorRT` subgraph")
+    exclude_ops: tuple[str, ...] = _option(
+        (), env="MXNET_TENSORRT_EXCLUDE_OPS", parse=_parse_names, shown_default="none",
+        help="comma-separated MXNet op names that stay in MXNet")
+    param_inputs: tuple[str, ...] = _option(
+        (), env="MXNET_TENSORRT_PARAM_INPUTS", parse=_parse_names, shown_default="none",
+        help="comma-separated input names baked into engines as constants, besides those feeding "
+             "weight/bias/statistics slots and values given to `optimize_for`")
+    data_inputs: tuple[str, ...] = _option(
+        (), env="MXNET_TENSORRT_DATA_INPUTS", parse=_parse_names, shown_default="none",
+        help="comma-separated input names never baked, even when a value was given at "
+             "partitioning (the Gluon hook sets the block's data inputs)")
+    cache_dir: str = _option(
+        env="MXTRT_CACHE_DIR", parse=_parse_path, default_factory=_default_cache_dir,
+        shown_default="`$XDG_CACHE_HOME/mxtrt` or `~/.cache/mxtrt`",
+        help="folder of the on-disk engine cache")
+    ort_threads: int = _option(
+        0, env="MXNET_TENSORRT_ORT_THREADS", parse=_parse_int, check=_at_least(0),
+        affects_engine=True, shown_default="0 (ONNX Runtime decides)",
+        help="ONNX Runtime intra-op threads on CPU contexts")
+    precision: str = _option(
+        "fp32", env="MXNET_TENSORRT_PRECISION", parse=_parse_precision, check=_check_precision,
+        affects_engine=True,
+        help="TensorRT precision on GPU contexts: `fp32`, `fp16` or `int8` (int8 needs "
+             "`calibration_data` or `calibration_cache`)")
+    max_workspace_size: int = _option(
+        1 << 30, env="MXNET_TENSORRT_MAX_WORKSPACE_SIZE", parse=_parse_int, check=_at_least(1),
+        affects_engine=True, shown_default="1073741824 (1 GiB)",
+        help="TensorRT workspace memory pool limit, in bytes")
+    batch_range: tuple[int, int, int] | None = _option(
+        None, env="MXNET_TENSORRT_BATCH_RANGE", parse=_parse_batch_range,
+        check=_check_batch_range, affects_engine=True, shown_default="unset",
+        help='`"min,opt,max"`: one TensorRT optimization profile over the batch dimension (dim 0) '
+             "of every data input; unset: the batch the op was created with")
+    builder_optimization_level: int = _option(
+        3, env="MXNET_TENSORRT_BUILDER_OPTIMIZATION_LEVEL", parse=_parse_int,
+        check=_between(0, 5), affects_engine=True,
+        help="TensorRT builder effort, 0 (fast build) to 5 (slow build, maybe faster engine)")
+    calibration_cache: str | None = _option(
+        None, env="MXNET_TENSORRT_CALIBRATION_CACHE", parse=_parse_optional_path,
+        check=_check_existing_file, affects_engine=True, key=_file_digest, shown_default="unset",
+        help="existing TensorRT int8 calibration cache file (skips calibration; its content, not "
+             "its path, is in the engine key)")
+    calibration_data: str | None = _option(
+        None, env="MXNET_TENSORRT_CALIBRATION_DATA", parse=_parse_token,
+        check=_check_calibration_data, affects_engine=True, shown_default="unset",
+        help="int8 calibration batches: the token returned by "
+             "`mxtrt_backend.calibration_data(data_iter_or_batches)` in this process")
 
     def engine_key(self) -> dict[str, Any]:
         """The options that change what an engine computes or how it is built."""
         return {spec.name: spec.key(getattr(self, spec.name)) for spec in OPTIONS
                 if spec.affects_engine}
+
+
+OPTIONS: tuple[OptionSpec, ...] = tuple(
+    OptionSpec(name=f.name, **{k: v for k, v in f.metadata.items()})
+    for f in dataclasses.fields(Options))
+
+_BY_NAME = {spec.name: spec for spec in OPTIONS}
+
+# Keys MXNet itself adds to a backend's options; they are not ours to validate.
+_MXNET_KEYS = frozenset({"dedup_subgraph"})
 
 
 def unknown_option_message(name: str) -> str:
@@ -214,8 +237,6 @@ def resolve(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) ->
             values[spec.name] = _parse_one(spec, str(raw[spec.name]), "given")
         elif spec.env in environ:
             values[spec.name] = _parse_one(spec, environ[spec.env], f"from ${spec.env}")
-        else:
-            values[spec.name] = spec.default()
     return Options(**values)
 
 
@@ -224,5 +245,11 @@ def explicit(raw: Mapping[str, str]) -> dict[str, str]:
     return {name: str(value) for name, value in raw.items() if name in _BY_NAME}
 
 
-assert [f.name for f in dataclasses.fields(Options)] == [s.name for s in OPTIONS], \
-    "Options fields and the OPTIONS table must list the same names in the same order"
+def options_table() -> str:
+    """The Markdown table of every option (docs/options.md holds it; a test keeps it current)."""
+    rows = ["| option | environment variable | default | engine key | meaning |",
+            "|---|---|---|---|---|"]
+    for spec in OPTIONS:
+        rows.append(f"| `{spec.name}` | `{spec.env}` | {spec.shown_default} | "
+                    f"{'yes' if spec.affects_engine else 'no'} | {spec.help} |")
+    return "\n".join(rows)

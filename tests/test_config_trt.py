@@ -110,8 +110,3 @@ def test_options_not_about_the_engine_stay_out_of_its_key(tmp_path):
                    environ={}).engine_key() == base
     assert set(TRT_OPTIONS) <= set(base)
 
-
-def test_options_dataclass_defaults_match_the_table():
-    defaults = Options()
-    for spec in OPTIONS:
-        assert getattr(defaults, spec.name) == spec.default(), spec.name
