@@ -16,7 +16,7 @@ import numpy as np
 from mxnet.gluon.model_zoo import vision
 
 import mxtrt_backend  # noqa: F401  registers the backend
-from mxtrt_backend import export, extension, op, partition
+from mxtrt_backend import callbacks, export, extension, params, partition
 from mxtrt_backend.bench import time_calls
 from mxtrt_backend.engine.ort import OrtEngine
 from mxtrt_backend.engine.cache import ENGINES
@@ -36,7 +36,7 @@ def forget_in_memory_caches() -> None:
     """What a new process would not have: engines, exported graphs, parameter digests."""
     ENGINES.clear_memory()
     export._exported.clear()
-    op._param_digests.clear()
+    params._memo.clear()
 
 
 def zoo_symbol(name: str, shape: tuple[int, ...]):
@@ -117,13 +117,13 @@ def op_overhead() -> None:
     # Timed inside MXNet's engine thread, where the op really runs: all the op's Python does per
     # forward (reading MXNet's arrays, checks, parameter fingerprint) against the engine alone.
     # The C library holds the callback it was given, so a timed one is installed for the run.
-    in_op, in_engine = Stopwatch(op, "_forward"), Stopwatch(OrtEngine, "run")
-    assert op._ext is not None
-    installed = op._ext._callbacks
-    timed = extension.FORWARD(op._forward)
-    op._ext.lib.mxtrt_set_callbacks(*installed[:3], timed, installed[4])
+    in_op, in_engine = Stopwatch(callbacks, "_forward"), Stopwatch(OrtEngine, "run")
+    assert callbacks._ext is not None
+    installed = callbacks._ext._callbacks
+    timed = extension.FORWARD(callbacks._forward)
+    callbacks._ext.lib.mxtrt_set_callbacks(*installed[:3], timed, installed[4])
     round_trip = time_calls(backend, repeat=3000, warmup=100)
-    op._ext.lib.mxtrt_set_callbacks(*installed)
+    callbacks._ext.lib.mxtrt_set_callbacks(*installed)
     in_op.restore()
     in_engine.restore()
     mx_only = time_calls(plain, repeat=3000, warmup=100)

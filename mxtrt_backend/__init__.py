@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import logging
 
-from . import activation
-from . import op as _op
+from . import activation, callbacks
 from .config import Options, OptionError
 from .convert import load
 from .engine.calibration import register as calibration_data
 from .extension import library_path
-from .partition import PartitionReport
+from .partition import PartitionReport, last_report
 from .report import inspect
 
 __version__ = "0.1.0"
@@ -21,16 +20,9 @@ __all__ = ["Options", "OptionError", "PartitionReport", "BACKEND", "OP_NAME", "l
            "calibration_data", "load", "inspect"]
 
 BACKEND = activation.BACKEND
-OP_NAME = "_TensorRT"
+OP_NAME = activation.OP_NAME
 
 logging.getLogger("mxtrt").addHandler(logging.NullHandler())
 
-_op.install(library_path())
-activation.install()  # MXNET_USE_TENSORRT for bind/simple_bind and Gluon hybridize
-
-
-def last_report() -> PartitionReport:
-    """What the most recent partitioning in this process converted and refused."""
-    from . import partition
-
-    return partition.last_report
+callbacks.install(library_path())
+activation.install()  # optimize_for, MXNET_USE_TENSORRT for bind/simple_bind, Gluon hybridize

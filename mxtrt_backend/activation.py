@@ -27,12 +27,14 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import json
 import logging
 import os
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
+from . import callbacks, partition
 from .config import OptionError
 
 log = logging.getLogger("mxtrt")
@@ -40,15 +42,23 @@ log = logging.getLogger("mxtrt")
 FLAG = "MXNET_USE_TENSORRT"
 BACKEND = "TensorRT"
 SUBGRAPH_ENV = "MXNET_SUBGRAPH_BACKEND"
+OP_NAME = "_TensorRT"
 
 _ON = frozenset({"1", "true", "yes", "on"})
 _OFF = frozenset({"", "0", "false", "no", "off"})
 
-# os.environ is process-wide: binds that set MXNET_SUBGRAPH_BACKEND must not interleave.
-_env_lock = threading.RLock()
+# MXNet's custom-partitioner machinery (CustomSubgraphProperty) is process-wide state: two
+# threads partitioning at once crash the process. Every partitioning, and every bind while
+# MXNET_SUBGRAPH_BACKEND names our backend (MXNet consults its property then too), holds this.
+# os.environ is process-wide as well.
+_partition_lock = threading.RLock()
 # Block.hybridize recurses into children; only the outermost call picks the backend, as an
 # explicit hybridize(backend=...) would.
 _hybridizing = threading.local()
+
+
+class TrainingModeError(RuntimeError):
+    """A training-mode forward of an executor whose TensorRT subgraphs compute inference."""
 
 
 def enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -64,7 +74,7 @@ def enabled(environ: Mapping[str, str] | None = None) -> bool:
 
 @contextmanager
 def _subgraph_backend(name: str) -> Iterator[None]:
-    with _env_lock:
+    with _partition_lock:
         previous = os.environ.get(SUBGRAPH_ENV)
         os.environ[SUBGRAPH_ENV] = name
         try:
@@ -76,7 +86,99 @@ def _subgraph_backend(name: str) -> Iterator[None]:
                 os.environ[SUBGRAPH_ENV] = previous
 
 
-# --- Symbol API -------------------------------------------------------------------------------
+# --- optimize_for -----------------------------------------------------------------------------
+
+
+def _partitioned_symbol_class() -> type:
+    from mxnet.symbol import Symbol
+
+    class PartitionedSymbol(Symbol):  # type: ignore[misc, valid-type]
+        """What ``optimize_for('TensorRT')`` returns: a Symbol that also holds the partition
+        report and the parameter values given to ``optimize_for`` (by reference), so that
+        ``simple_bind`` starts from those values instead of zeros."""
+
+        __slots__ = ("report", "given")
+
+    return PartitionedSymbol
+
+
+PartitionedSymbol: Any = None  # the class, made at install() (it needs mxnet)
+
+
+def _given_values(result: Any, args: Mapping[str, Any] | None, aux: Mapping[str, Any] | None,
+                  kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The values given to optimize_for that the partitioned symbol takes as inputs, less the
+    data inputs Gluon passes along with its parameters."""
+    data = set(str(kwargs.get("data_inputs", "")).split(","))
+    inputs = set(result.list_inputs())
+    given = dict(args or {}, **(aux or {}))
+    return {name: value for name, value in given.items() if name in inputs and name not in data}
+
+
+def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Symbol.optimize_for for our backend: one partitioning at a time, a report per call, our
+    own errors (MXNet drops a partitioner's message), and a symbol that remembers the values."""
+
+    @functools.wraps(original)
+    def optimize_for(self: Any, backend: str, args: Any = None, aux: Any = None, *rest: Any,
+                     **kwargs: Any) -> Any:
+        import mxnet as mx
+
+        if backend != BACKEND:
+            return original(self, backend, args, aux, *rest, **kwargs)
+        if str(kwargs.get("dedup_subgraph", "")).strip().lower() in _ON:
+            log.warning("mxtrt: dedup_subgraph=%s is ignored: MXNet 1.9 connects readers of a "
+                        "deduplicated subgraph output to outputs that do not exist (wrong answers, "
+                        "crashes); the TensorRT backend writes each repeated output itself",
+                        kwargs["dedup_subgraph"])
+            kwargs["dedup_subgraph"] = "False"
+        with _partition_lock, partition.reporting() as report:
+            callbacks.take_partition_error()
+            try:
+                result = original(self, backend, args, aux, *rest, **kwargs)
+            except mx.MXNetError as mx_err:
+                err = callbacks.take_partition_error()
+                if err is None:
+                    raise
+                raise err from mx_err
+        partitioned = PartitionedSymbol(result.handle)
+        result.handle = None  # the handle now belongs to `partitioned`
+        partitioned.report = report
+        partitioned.given = _given_values(partitioned, args, aux, kwargs)
+        return partitioned
+
+    return optimize_for
+
+
+# --- Symbol API: binding ----------------------------------------------------------------------
+
+
+def _trt_training_differences(sym: Any) -> list[str]:
+    """The nodes inside `_TensorRT` subgraphs of ``sym`` that compute differently in training."""
+    text = sym.tojson()
+    if OP_NAME not in text:
+        return []
+    found: list[str] = []
+    for node in json.loads(text)["nodes"]:
+        if node["op"] == OP_NAME:
+            found += json.loads(node.get("attrs", {}).get(partition.ATTR_TRAINING, "[]"))
+    return found
+
+
+def _fill_given(executor: Any, partitioned: Any, shared_buffer: Mapping[str, Any] | None) -> None:
+    """simple_bind allocates zeros: start parameters from the values given to optimize_for.
+    Arguments MXNet took from shared_buffer hold the user's own arrays and are left alone."""
+    shared = shared_buffer or {}
+    for name, value in (getattr(partitioned, "given", None) or {}).items():
+        if name in executor.arg_dict and name not in shared:
+            value.copyto(executor.arg_dict[name])
+        elif name in executor.aux_dict:
+            value.copyto(executor.aux_dict[name])
+
+
+def _prepared(executor: Any, bound: Any) -> Any:
+    executor._mxtrt_training = _trt_training_differences(bound)
+    return executor
 
 
 def _inference_only(grad_req: Any) -> bool:
@@ -117,27 +219,33 @@ Plan = Callable[[Any, dict[str, Any]], "dict[str, Any] | None"]
 
 
 def _hook_binder(original: Callable[..., Any], plan: Plan) -> Callable[..., Any]:
-    """Wrap simple_bind or bind: under the flag, bind the TensorRT-partitioned symbol instead.
+    """Wrap simple_bind or bind. Under the flag, bind the TensorRT-partitioned symbol instead.
+    Whenever the bound symbol has `_TensorRT` nodes, remember what they compute differently in
+    training, and let simple_bind start from the values given to optimize_for.
 
-    ``plan`` sees the call's arguments (and may rewrite them) and returns the shape/type
-    arguments for optimize_for, or None to leave the call to plain MXNet.
+    ``plan`` sees the call's arguments (and may rewrite them) and returns the arguments for
+    optimize_for, or None to leave the call to plain MXNet.
     """
     signature = inspect.signature(original)
+    fills = original.__name__ == "simple_bind"
 
     @functools.wraps(original)
     def binder(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not enabled():
-            return original(self, *args, **kwargs)
         call = signature.bind(self, *args, **kwargs)
         call.apply_defaults()
-        types = plan(self, call.arguments)
+        shared_buffer = call.arguments.get("shared_buffer")
+        types = plan(self, call.arguments) if enabled() else None
         if types is None:
-            return original(self, *args, **kwargs)
-        partitioned = self.optimize_for(BACKEND, ctx=call.arguments["ctx"], **types)
-        call.arguments["self"] = partitioned
-        with _subgraph_backend(BACKEND):
-            executor = original(*call.args, **call.kwargs)
-        return _in_source_order(executor, partitioned, self)
+            executor, partitioned = original(self, *args, **kwargs), self
+        else:
+            partitioned = self.optimize_for(BACKEND, ctx=call.arguments["ctx"], **types)
+            call.arguments["self"] = partitioned
+            with _subgraph_backend(BACKEND):
+                executor = _in_source_order(original(*call.args, **call.kwargs), partitioned,
+                                            self)
+        if fills:
+            _fill_given(executor, partitioned, shared_buffer)
+        return _prepared(executor, partitioned)
 
     return binder
 
@@ -146,7 +254,12 @@ def _simple_bind_plan(sym: Any, arguments: dict[str, Any]) -> dict[str, Any] | N
     if not _inference_only(arguments["grad_req"]):
         return None
     shapes = {k: v for k, v in arguments["kwargs"].items() if isinstance(v, tuple)}
-    return {"shape_dict": shapes, "type_dict": arguments["type_dict"],
+    # MXNet 1.3's TensorRT executor took every weight from shared_buffer, BatchNorm moments
+    # included: hand them to optimize_for as the given values (data inputs have their shapes).
+    shared = arguments["shared_buffer"] or {}
+    args = {n: shared[n] for n in sym.list_arguments() if n in shared and n not in shapes}
+    aux = {n: shared[n] for n in sym.list_auxiliary_states() if n in shared}
+    return {"args": args, "aux": aux, "shape_dict": shapes, "type_dict": arguments["type_dict"],
             "stype_dict": arguments["stype_dict"]}
 
 
@@ -172,12 +285,30 @@ def _hook_reshape(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def reshape(self: Any, *args: Any, **kwargs: Any) -> Any:
         executor = original(self, *args, **kwargs)
+        executor._mxtrt_training = getattr(self, "_mxtrt_training", [])
         partitioned = getattr(self, "_mxtrt_partitioned", None)
         if partitioned is None:
             return executor
         return _in_source_order(executor, partitioned, self._symbol)
 
     return reshape
+
+
+def _hook_forward(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def forward(self: Any, is_train: bool = False, **kwargs: Any) -> Any:
+        differences = getattr(self, "_mxtrt_training", None)
+        if is_train and differences:
+            shown = "; ".join(differences[:3]) + (f"; ... ({len(differences) - 3} more)"
+                                                  if len(differences) > 3 else "")
+            raise TrainingModeError(
+                f"mxtrt: forward(is_train=True) on an executor whose TensorRT subgraphs compute "
+                f"inference, which differs here ({shown}). Call forward(is_train=False) for "
+                f"inference; to train, bind the original symbol (without optimize_for('TensorRT')"
+                f", or with {FLAG}=0).")
+        return original(self, is_train, **kwargs)
+
+    return forward
 
 
 # --- Gluon ------------------------------------------------------------------------------------
@@ -205,7 +336,7 @@ def _hook_hybridize(original: Callable[..., Any]) -> Callable[..., Any]:
     return hybridize
 
 
-def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
+def _hook_block_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def optimize_for(self: Any, x: Any, *args: Any,
                      backend_opts: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -215,13 +346,18 @@ def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _hook_build_cache(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Name the block's data inputs for the partitioner (Gluon passes them along with the
+    parameters), and keep the unpartitioned graph for training-mode calls."""
+
     @functools.wraps(original)
     def _build_cache(self: Any, *args: Any) -> Any:
-        if self._backend != BACKEND or "data_inputs" in self._backend_opts:
+        if self._backend != BACKEND:
             return original(self, *args)
-        data, _ = self._get_graph(*args)
+        data, out = self._get_graph(*args)
+        self._mxtrt_source_graph = (data, out)
         user_opts = self._backend_opts
-        self._backend_opts = dict(user_opts, data_inputs=",".join(s.name for s in data))
+        if "data_inputs" not in user_opts:
+            self._backend_opts = dict(user_opts, data_inputs=",".join(s.name for s in data))
         try:
             return original(self, *args)
         finally:
@@ -230,13 +366,59 @@ def _hook_build_cache(original: Callable[..., Any]) -> Callable[..., Any]:
     return _build_cache
 
 
+_CACHE_FIELDS = ("_cached_graph", "_cached_op", "_cached_op_args")
+
+
+def _hook_call_cached_op(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Training-mode calls (autograd.record(), train_mode()) of a block hybridized with our
+    backend run MXNet's own graph, as MXNet would without the backend: TensorRT engines compute
+    inference and have no backward. The block keeps a second cache for them."""
+
+    @functools.wraps(original)
+    def _call_cached_op(self: Any, *args: Any) -> Any:
+        from mxnet import autograd
+
+        if self._backend != BACKEND or not (autograd.is_training() or autograd.is_recording()):
+            return original(self, *args)
+        if self._cached_op is None:  # partition first, so the source graph is known
+            self._build_cache(*args)
+        inference = tuple(getattr(self, name) for name in _CACHE_FIELDS)
+        plain: tuple[Any, ...] = getattr(self, "_mxtrt_training_cache", None) or (
+            self._mxtrt_source_graph, None, [])
+        for name, value in zip(_CACHE_FIELDS, plain):
+            setattr(self, name, value)
+        self._backend = None
+        try:
+            return original(self, *args)
+        finally:
+            self._mxtrt_training_cache = tuple(getattr(self, name) for name in _CACHE_FIELDS)
+            for name, value in zip(_CACHE_FIELDS, inference):
+                setattr(self, name, value)
+            self._backend = BACKEND
+
+    return _call_cached_op
+
+
+def _hook_clear_cached_op(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def _clear_cached_op(self: Any) -> Any:
+        self._mxtrt_training_cache = None
+        return original(self)
+
+    return _clear_cached_op
+
+
 _HOOKS: tuple[tuple[str, str, Callable[[Callable[..., Any]], Callable[..., Any]]], ...] = (
+    ("mxnet.symbol", "Symbol.optimize_for", _hook_optimize_for),
     ("mxnet.symbol", "Symbol.simple_bind", lambda f: _hook_binder(f, _simple_bind_plan)),
     ("mxnet.symbol", "Symbol.bind", lambda f: _hook_binder(f, _bind_plan)),
     ("mxnet.executor", "Executor.reshape", _hook_reshape),
+    ("mxnet.executor", "Executor.forward", _hook_forward),
     ("mxnet.gluon.block", "HybridBlock.hybridize", _hook_hybridize),
-    ("mxnet.gluon.block", "HybridBlock.optimize_for", _hook_optimize_for),
+    ("mxnet.gluon.block", "HybridBlock.optimize_for", _hook_block_optimize_for),
     ("mxnet.gluon.block", "HybridBlock._build_cache", _hook_build_cache),
+    ("mxnet.gluon.block", "HybridBlock._call_cached_op", _hook_call_cached_op),
+    ("mxnet.gluon.block", "HybridBlock._clear_cached_op", _hook_clear_cached_op),
 )
 
 
@@ -244,6 +426,9 @@ def install() -> None:
     """Wrap the MXNet methods above once; idempotent (re-imports and reloads are safe)."""
     import importlib
 
+    global PartitionedSymbol
+    if PartitionedSymbol is None:
+        PartitionedSymbol = _partitioned_symbol_class()
     for module_name, path, hook in _HOOKS:
         cls_name, method = path.split(".")
         cls = getattr(importlib.import_module(module_name), cls_name)

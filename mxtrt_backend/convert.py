@@ -74,7 +74,7 @@ def convert(prefix: str, epoch: int, out: str, shapes: dict[str, tuple[int, ...]
     engines.mkdir(parents=True, exist_ok=True)
     sym, args, aux = mx.model.load_checkpoint(prefix, epoch)
     trt_sym = sym.optimize_for("TensorRT", args, aux, ctx=mx.cpu(), **(options or {}))
-    report = partition.last_report
+    report: partition.PartitionReport = trt_sym.report
     accepted = sum(s.accepted for s in report.subgraphs)
     logger = logging.getLogger("mxtrt")
     progress, level = _Progress(accepted), logger.level

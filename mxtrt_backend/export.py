@@ -37,19 +37,6 @@ _MXNET_DEFAULTS = {"FullyConnected": {"flatten": "True"}, "Deconvolution": {"no_
 _BOOKKEEPING_ATTRS = ("isArg", "isAux", "argName")
 
 
-# MXNet's dtype codes (lib_api.h MXDType, also used in "__ext_dtype__" attributes).
-MX_DTYPES: dict[int, np.dtype] = {0: np.dtype(np.float32), 1: np.dtype(np.float64), 2: np.dtype(np.float16),
-                                  3: np.dtype(np.uint8), 4: np.dtype(np.int32),
-                                  5: np.dtype(np.int8), 6: np.dtype(np.int64)}
-
-
-def dtype_of(code: int) -> np.dtype:
-    try:
-        return MX_DTYPES[code]
-    except KeyError:
-        raise TypeError(f"MXNet dtype code {code} is not supported by the TensorRT backend") from None
-
-
 class ExportError(RuntimeError):
     """mx2onnx could not convert a subgraph."""
 
@@ -64,12 +51,15 @@ class Subgraph:
     digest: str
     # Inputs MXNet treats as auxiliary states (BatchNorm statistics): mutable inputs of the op.
     aux_names: tuple[str, ...] = ()
+    # Each input by the symbol's own name (MXNet renames subgraph inputs: "w" -> "w0").
+    source_names: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, text: str) -> "Subgraph":
         graph = json.loads(text)
-        aux = tuple(n["name"] for n in graph["nodes"]
-                    if n["op"] == "null" and n.get("attrs", {}).get("isAux") == "True")
+        variables = [n for n in graph["nodes"] if n["op"] == "null"]
+        aux = tuple(n["name"] for n in variables if n.get("attrs", {}).get("isAux") == "True")
+        sources = tuple(n.get("attrs", {}).get("argName", n["name"]) for n in variables)
         for node in graph["nodes"]:
             attrs = {k: v for k, v in node.pop("attrs", {}).items()
                      if not k.startswith("__ext_") and k not in _BOOKKEEPING_ATTRS}
@@ -80,7 +70,8 @@ class Subgraph:
         inputs = tuple(n["name"] for n in graph["nodes"] if n["op"] == "null")
         compute = sum(1 for n in graph["nodes"] if n["op"] != "null")
         canonical = json.dumps({"nodes": graph["nodes"], "heads": graph["heads"]}, sort_keys=True)
-        return cls(graph, inputs, compute, hashlib.sha256(canonical.encode()).hexdigest(), aux)
+        return cls(graph, inputs, compute, hashlib.sha256(canonical.encode()).hexdigest(), aux,
+                   sources)
 
     def to_json(self) -> str:
         import mxnet as mx
@@ -151,17 +142,41 @@ def export_structure(subgraph: Subgraph, in_shapes: Sequence[Sequence[int]],
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="mxtrt")
     _fix_gamma_constants(model, subgraph.graph, shapes, dtypes)
-    outputs = tuple(_onnx_output_name(name) for name in sym.list_outputs())
+    outputs = [_onnx_output_name(name) for name in sym.list_outputs()]
     by_name = {o.name: o for o in model.graph.output}
     missing = [name for name in outputs if name not in by_name]
     if missing:
         raise ExportError(f"mx2onnx did not produce the subgraph outputs {missing}")
+    names = _distinct_outputs(model, outputs)
     # mx2onnx sorts outputs by name; MXNet expects them in the subgraph's head order.
-    ordered = [by_name[name] for name in outputs]
+    ordered = [_renamed(by_name[source], name) for source, name in zip(outputs, names)]
     del model.graph.output[:]
     model.graph.output.extend(ordered)
-    return ExportedGraph(model.SerializeToString(), subgraph.input_names, outputs,
+    return ExportedGraph(model.SerializeToString(), subgraph.input_names, tuple(names),
                          tuple(_spec(o) for o in ordered))
+
+
+def _distinct_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> list[str]:
+    """One ONNX output per subgraph output. MXNet lists an entry read by several consumers
+    outside the subgraph (or a graph output listed twice) once per use, and hands a buffer for
+    each: a repeat becomes an Identity of the first, so every buffer is written."""
+    names: list[str] = []
+    for name in outputs:
+        if name in names:
+            alias = f"{name}__copy{len(names)}"
+            model.graph.node.append(helper.make_node("Identity", [name], [alias], name=alias))
+            name = alias
+        names.append(name)
+    return names
+
+
+def _renamed(value: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
+    if value.name == name:
+        return value
+    renamed = onnx.ValueInfoProto()
+    renamed.CopyFrom(value)
+    renamed.name = name
+    return renamed
 
 
 def _spec(value: onnx.ValueInfoProto) -> tuple[np.dtype, tuple[int | None, ...]]:

@@ -1,9 +1,10 @@
-"""Loading the C++ extension library and wiring its callbacks to Python.
+"""The C++ extension library: finding and loading it, and the C types of its calls into Python.
 
 The library (``ops/mxtrt_ops.cc``) registers the `TensorRT` partitioner and the `_TensorRT` op
-with MXNet and forwards every call to the callbacks installed here. Each callback converts raw
-C arguments to Python values, calls the policy in ``partition``/``op``, and turns any Python
-exception into an MXNet error that carries the message and a traceback summary.
+with MXNet and forwards every call to five Python callbacks (``callbacks.py``). This module knows
+the C side: the structures those calls pass (``Strings``, ``Tensors``, the same layout as
+``MxtrtStrings``/``MxtrtTensors`` in the C++), the callback signatures, and the reply functions
+through which Python hands errors and attributes back without sharing memory ownership.
 """
 from __future__ import annotations
 
@@ -13,30 +14,71 @@ import glob
 import os
 import threading
 import traceback
-from ctypes import POINTER, c_char_p, c_int, c_int64, c_uint64, c_void_p
-from typing import Any, Callable, Sequence
+from ctypes import POINTER, Structure, c_char_p, c_int, c_int64, c_uint64, c_void_p
+from typing import Callable
+
+import numpy as np
+
+from .dtypes import dtype_of
+from .engine import TensorRef
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-_c_str_array = POINTER(c_char_p)
-_c_int_array = POINTER(c_int)
-_c_int64_array = POINTER(c_int64)
-_c_ptr_array = POINTER(c_void_p)
-
-SUPPORTED = ctypes.CFUNCTYPE(c_int, c_char_p, c_int, _c_str_array, _c_str_array, c_int,
-                             _c_int_array, _c_int_array, c_void_p)
-REVIEW = ctypes.CFUNCTYPE(c_int, c_char_p, c_int, c_int, _c_str_array, _c_str_array, c_int,
-                          _c_str_array, _c_ptr_array, _c_int64_array, _c_int_array, _c_int_array,
-                          c_void_p)
-CREATE = ctypes.CFUNCTYPE(c_int64, c_int, _c_str_array, _c_str_array, c_int, c_int, c_int,
-                          _c_int64_array, _c_int_array, _c_int_array, c_void_p)
-FORWARD = ctypes.CFUNCTYPE(c_int, c_int64, c_int, _c_ptr_array, _c_int64_array, _c_int_array,
-                           _c_int_array, POINTER(c_uint64), c_int, _c_ptr_array, _c_int64_array,
-                           _c_int_array, _c_int_array, c_int, c_int, c_void_p, c_void_p)
-DESTROY = ctypes.CFUNCTYPE(None, c_int64)
-
 # MXNet's device codes in the extension API.
 DEVICE_NAMES = {1: "cpu", 2: "gpu"}
+
+
+class Strings(Structure):
+    """``MxtrtStrings``: key/value pairs (options, node attributes)."""
+
+    _fields_ = [("count", c_int), ("keys", POINTER(c_char_p)), ("vals", POINTER(c_char_p))]
+
+    def to_dict(self) -> dict[str, str]:
+        count = self.count
+        return {k.decode(): v.decode() for k, v in zip(self.keys[:count], self.vals[:count])}
+
+
+class Tensors(Structure):
+    """``MxtrtTensors``: a list of tensors; ``data``, ``versions`` and ``names`` may be null."""
+
+    _fields_ = [("count", c_int), ("data", POINTER(c_void_p)), ("shapes", POINTER(c_int64)),
+                ("ndims", POINTER(c_int)), ("dtypes", POINTER(c_int)),
+                ("versions", POINTER(c_uint64)), ("names", POINTER(c_char_p))]
+
+    def shape_list(self) -> list[tuple[int, ...]]:
+        # Slices of ctypes arrays are read in C, one call each: this runs on every forward.
+        ranks = self.ndims[:self.count]
+        dims = self.shapes[:sum(ranks)]
+        out, pos = [], 0
+        for n in ranks:
+            out.append(tuple(dims[pos:pos + n]))
+            pos += n
+        return out
+
+    def dtype_list(self) -> list[np.dtype]:
+        return [dtype_of(code) for code in self.dtypes[:self.count]]
+
+    def name_list(self) -> list[str]:
+        return [n.decode() for n in self.names[:self.count]] if self.names else []
+
+    def refs(self) -> list[TensorRef]:
+        count = self.count
+        data = self.data[:count]
+        versions = self.versions[:count] if self.versions else [0] * count
+        return [TensorRef(ptr or 0, shape, dtype, version) for ptr, shape, dtype, version in
+                zip(data, self.shape_list(), self.dtype_list(), versions)]
+
+
+_strings_p = POINTER(Strings)
+_tensors_p = POINTER(Tensors)
+
+SUPPORTED = ctypes.CFUNCTYPE(c_int, c_char_p, _strings_p, c_int, POINTER(c_int), POINTER(c_int),
+                             c_void_p)
+REVIEW = ctypes.CFUNCTYPE(c_int, c_char_p, c_int, _strings_p, _tensors_p, c_void_p)
+CREATE = ctypes.CFUNCTYPE(c_int64, _strings_p, c_int, c_int, _tensors_p, c_void_p)
+FORWARD = ctypes.CFUNCTYPE(c_int, c_int64, _tensors_p, _tensors_p, c_int, c_int, c_void_p,
+                           c_void_p)
+DESTROY = ctypes.CFUNCTYPE(None, c_int64)
 
 
 class ExtensionNotBuilt(ImportError):
@@ -51,25 +93,6 @@ def library_path() -> str:
             "with `pip install --no-build-isolation .` (or `-e .`) after installing mxnet, which "
             "compiles it against the installed mxnet's lib_api.h")
     return found[-1]
-
-
-def strings(array: Any, count: int) -> list[str]:
-    return [array[i].decode() for i in range(count)]
-
-
-def key_values(keys: Any, vals: Any, count: int) -> dict[str, str]:
-    return dict(zip(strings(keys, count), strings(vals, count)))
-
-
-def shapes(flat: Any, ndims: Any, count: int) -> list[tuple[int, ...]]:
-    # Slices of ctypes arrays are read in C, one call each: this runs on every forward.
-    ranks = ndims[:count]
-    dims = flat[:sum(ranks)]
-    out, pos = [], 0
-    for n in ranks:
-        out.append(tuple(dims[pos:pos + n]))
-        pos += n
-    return out
 
 
 _pinned = threading.local()
@@ -133,10 +156,3 @@ class Extension:
     def reply_attrs(self, reply: int, attrs: dict[str, str]) -> None:
         for key, value in attrs.items():
             self.lib.mxtrt_reply_attr(reply, key.encode(), value.encode())
-
-
-def ids_from_flags(flags: Sequence[bool], json_to_id: Any, ids: Any) -> None:
-    """MXNet's ids: -1 marks a node any subgraph may take; the default (-2) leaves it out."""
-    for json_index, flag in enumerate(flags):
-        if flag:
-            ids[json_to_id[json_index]] = -1

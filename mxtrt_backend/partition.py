@@ -7,13 +7,16 @@ a ``PartitionReport``.
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+import threading
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
-from . import export, support
+from . import dtypes, export, support
 from .config import Options
 
 log = logging.getLogger("mxtrt")
@@ -21,6 +24,8 @@ log = logging.getLogger("mxtrt")
 # Attributes carried by each _TensorRT node, read back when MXNet creates the op.
 ATTR_PARAMS = "mxtrt_params"
 ATTR_OPTIONS = "mxtrt_options"
+# Nodes of the subgraph that compute differently in training mode (the engine runs inference).
+ATTR_TRAINING = "mxtrt_training"
 
 
 @dataclass(frozen=True)
@@ -65,35 +70,65 @@ class PartitionReport:
                 f"subgraph{'' if accepted == 1 else 's'}; refused: {refused or 'none'}")
 
 
-# Partitioning runs on the thread that called optimize_for/bind; the last report is kept here.
-last_report = PartitionReport()
+# The report of the partitioning under way on this thread (or task): MXNet calls select and
+# review on the thread that called optimize_for, which sets a fresh report here (see `reporting`).
+_current: contextvars.ContextVar[PartitionReport | None] = contextvars.ContextVar(
+    "mxtrt_partition_report", default=None)
+_last = threading.local()
+
+
+@contextmanager
+def reporting() -> Iterator[PartitionReport]:
+    """A fresh report for one partitioning on this thread; afterwards `last_report()` of this
+    thread returns it."""
+    report = PartitionReport()
+    token = _current.set(report)
+    try:
+        yield report
+    finally:
+        _current.reset(token)
+        _last.report = report
+
+
+def current_report() -> PartitionReport:
+    report = _current.get()
+    if report is None:  # a partitioning not started through the optimize_for hook
+        report = PartitionReport()
+        _current.set(report)
+    return report
+
+
+def last_report() -> PartitionReport:
+    """What the most recent partitioning on this thread converted and refused."""
+    return getattr(_last, "report", None) or PartitionReport()
+
+
+def _inferred(node: dict, key: str, output: int) -> Any:
+    """What MXNet inferred for one output of a node ("__ext_shape__"/"__ext_dtype__"); None when
+    the attribute is absent or says "[[None]]" (not inferred, and not JSON)."""
+    try:
+        return json.loads(node.get("attrs", {})[key])[output]
+    except (KeyError, ValueError, IndexError, TypeError):
+        return None
 
 
 def _tensor_info(node: dict, output: int) -> support.TensorInfo:
-    """Shape and dtype of a node's output as far as MXNet inferred them ("[[None]]": unknown)."""
-    attrs = node.get("attrs", {})
-
-    def inferred(key: str) -> Any:
-        try:
-            return json.loads(attrs[key])[output]
-        except (KeyError, ValueError, IndexError):  # absent, or "[[None]]" (not JSON)
-            return None
-
-    shape, code = inferred("__ext_shape__"), inferred("__ext_dtype__")
+    """Shape and dtype of a node's output as far as MXNet inferred them."""
+    shape, code = _inferred(node, "__ext_shape__", output), _inferred(node, "__ext_dtype__", output)
     known_shape = tuple(shape) if shape and None not in shape else None
-    return support.TensorInfo(known_shape, None if code is None else support.MX_DTYPES.get(code))
+    return support.TensorInfo(known_shape, None if code is None else dtypes.name_of(code))
 
 
 def select(graph_json: str, options: Options) -> list[bool]:
     """One flag per node of the graph JSON: may this node go into a `_TensorRT` subgraph?"""
-    global last_report
     graph = json.loads(graph_json)
     nodes = graph["nodes"]
     # Only outputs something reads: some ops have hidden outputs (Pooling's int32 workspace).
     used: dict[int, set[int]] = {}
     for src, out, *_ in [e for n in nodes for e in n["inputs"]] + graph.get("heads", []):
         used.setdefault(src, set()).add(out)
-    report = PartitionReport()
+    report = current_report()
+    report.compute_nodes, report.refused, report.subgraphs = 0, [], []
     flags = []
     for index, node in enumerate(nodes):
         if node["op"] == "null":
@@ -107,14 +142,19 @@ def select(graph_json: str, options: Options) -> list[bool]:
         if reason:
             report.refused.append(Refusal(node["name"], node["op"], reason))
         flags.append(reason is None)
-    last_report = report
     return flags
 
 
-def _param_inputs(nodes: Sequence[dict], known: Iterable[str], options: Options) -> list[str]:
-    """Subgraph inputs that are parameters: values given at partition time, a param slot, or
-    named in option param_inputs; never those named in data_inputs (Gluon passes its data inputs
-    to the partitioner along with the parameters)."""
+# How a subgraph input came to be a parameter (ATTR_PARAMS values). Only a "given" one (a value
+# passed to optimize_for, feeding no weight slot: possibly data by mistake) may turn out to
+# change at every forward and stop being baked (see params.ParamTracker).
+SLOT, NAMED, GIVEN = "slot", "named", "given"
+
+
+def _param_inputs(nodes: Sequence[dict], known: Iterable[str], options: Options) -> dict[str, str]:
+    """Subgraph inputs that are parameters, with how they were recognised: feeding a param slot,
+    named in option param_inputs, or given a value at partition time; never those named in
+    data_inputs (Gluon passes its data inputs to the partitioner along with the parameters)."""
     known = set(known)
     in_param_slot = {
         source
@@ -123,29 +163,41 @@ def _param_inputs(nodes: Sequence[dict], known: Iterable[str], options: Options)
         if slot in support.param_slots(consumer["op"])
     }
 
-    def is_param(index: int, node: dict) -> bool:
+    def kind(index: int, node: dict) -> str | None:
         # Subgraph inputs are renamed ("w" -> "w0"); options name the symbol's own inputs.
         attrs = node.get("attrs", {})
         source_name = attrs.get("argName", node["name"])
         if attrs.get("isArg") != "True" or source_name in options.data_inputs:
-            return False
-        return node["name"] in known or index in in_param_slot or source_name in options.param_inputs
+            return None
+        if index in in_param_slot:
+            return SLOT
+        if source_name in options.param_inputs:
+            return NAMED
+        return GIVEN if node["name"] in known else None
 
-    return [node["name"] for index, node in enumerate(nodes)
-            if node["op"] == "null" and is_param(index, node)]
+    kinds = {node["name"]: kind(index, node) for index, node in enumerate(nodes)
+             if node["op"] == "null"}
+    return {name: k for name, k in kinds.items() if k is not None}
+
+
+def _training_differences(nodes: Sequence[dict]) -> list[str]:
+    """The nodes that compute something else in training mode, with why."""
+    found = []
+    for node in nodes:
+        reason = support.training_difference(node["op"], node.get("attrs", {}))
+        if reason:
+            found.append(f"{node['name']}: {reason}")
+    return found
 
 
 def _known_types(nodes: Sequence[dict]) -> tuple[list[list[int]], list[int]] | None:
     """Input shapes and dtype codes when MXNet inferred them all before partitioning."""
-    shapes, dtypes = [], []
-    for node in (n for n in nodes if n["op"] == "null"):
-        attrs = node.get("attrs", {})
-        try:
-            shapes.append(json.loads(attrs["__ext_shape__"])[0])
-            dtypes.append(json.loads(attrs["__ext_dtype__"])[0])
-        except (KeyError, ValueError, IndexError):  # "[[None]]": not inferred
-            return None
-    return shapes, dtypes
+    inputs = [n for n in nodes if n["op"] == "null"]
+    shapes = [_inferred(n, "__ext_shape__", 0) for n in inputs]
+    codes = [_inferred(n, "__ext_dtype__", 0) for n in inputs]
+    if any(s is None or None in s for s in shapes) or None in codes:
+        return None
+    return shapes, codes
 
 
 def _export_problem(subgraph_json: str, nodes: Sequence[dict]) -> str:
@@ -155,7 +207,7 @@ def _export_problem(subgraph_json: str, nodes: Sequence[dict]) -> str:
         return ""
     try:
         export.export_cached(export.Subgraph.from_json(subgraph_json), known[0],
-                             [export.dtype_of(code) for code in known[1]])
+                             [dtypes.dtype_of(code) for code in known[1]])
     except (export.ExportError, TypeError) as err:
         log.warning("mxtrt: a subgraph stays in MXNet: %s", err)
         return f"export failed: {err}"
@@ -185,16 +237,20 @@ def review(subgraph_json: str, subgraph_id: int, options: Options, raw_options: 
     reason = (f"{len(compute)} node(s) < min_subgraph_size={options.min_subgraph_size}"
               if len(compute) < options.min_subgraph_size else _export_problem(subgraph_json, nodes))
     accepted = not reason
-    last_report.subgraphs.append(SubgraphInfo(
+    report = current_report()
+    report.subgraphs.append(SubgraphInfo(
         subgraph_id, tuple(n["name"] for n in compute), tuple(n["op"] for n in compute),
         _source_names(nodes, inputs), _source_names(nodes, params), accepted, reason,
         _output_names(nodes, graph["heads"])))
     if not accepted:
         log.debug("mxtrt: subgraph %d left to MXNet: %s", subgraph_id, reason)
         for node in compute:
-            last_report.refused.append(Refusal(node["name"], node["op"], reason))
+            report.refused.append(Refusal(node["name"], node["op"], reason))
         return False, {}
     # By name: MXNet may list the subgraph's inputs in another order when it creates the op.
-    attrs = {ATTR_PARAMS: json.dumps(params),
+    attrs = {ATTR_PARAMS: json.dumps(params, sort_keys=True),
              ATTR_OPTIONS: json.dumps(raw_options, sort_keys=True)}
+    training = _training_differences(compute)
+    if training:
+        attrs[ATTR_TRAINING] = json.dumps(training)
     return True, attrs

@@ -30,9 +30,10 @@ def inspect(sym: Any, args: Mapping[str, Any] | None = None, aux: Mapping[str, A
     """
     import mxnet as mx
 
-    sym.optimize_for("TensorRT", dict(args or {}), dict(aux or {}), ctx=mx.cpu(),
-                     shape_dict=dict(shapes) if shapes else None, **options)
-    return partition.last_report
+    partitioned = sym.optimize_for("TensorRT", dict(args or {}), dict(aux or {}), ctx=mx.cpu(),
+                                   shape_dict=dict(shapes) if shapes else None, **options)
+    report: partition.PartitionReport = partitioned.report
+    return report
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -31,22 +31,34 @@ struct MxtrtReply {
   bool accept = false;
 };
 
-typedef int (*supported_cb_t)(const char* graph_json, int num_opts, const char* const* opt_keys,
-                              const char* const* opt_vals, int num_nodes, const int* json_to_id,
-                              int* ids, MxtrtReply* reply);
-typedef int (*review_cb_t)(const char* subgraph_json, int subgraph_id, int num_opts,
-                           const char* const* opt_keys, const char* const* opt_vals,
-                           int num_params, const char* const* param_names,
-                           void* const* param_data, const int64_t* param_shapes,
-                           const int* param_ndims, const int* param_dtypes, MxtrtReply* reply);
-typedef int64_t (*create_cb_t)(int num_attrs, const char* const* keys, const char* const* vals,
-                               int dev_type, int dev_id, int num_in, const int64_t* in_shapes,
-                               const int* in_ndims, const int* in_dtypes, MxtrtReply* reply);
-typedef int (*forward_cb_t)(int64_t handle, int num_in, void* const* in_data,
-                            const int64_t* in_shapes, const int* in_ndims, const int* in_dtypes,
-                            const uint64_t* in_versions, int num_out, void* const* out_data,
-                            const int64_t* out_shapes, const int* out_ndims,
-                            const int* out_dtypes, int dev_type, int dev_id, void* stream,
+// String key/value pairs (options, attributes); the arrays own nothing.
+struct MxtrtStrings {
+  int count;
+  const char* const* keys;
+  const char* const* vals;
+};
+
+// A list of tensors: shapes travel as one flat int64 array plus a rank per tensor. `data`,
+// `versions` and `names` may be null where the callee has no use for them.
+struct MxtrtTensors {
+  int count;
+  void* const* data;
+  const int64_t* shapes;
+  const int* ndims;
+  const int* dtypes;
+  const uint64_t* versions;
+  const char* const* names;
+};
+
+typedef int (*supported_cb_t)(const char* graph_json, const MxtrtStrings* options, int num_nodes,
+                              const int* json_to_id, int* ids, MxtrtReply* reply);
+typedef int (*review_cb_t)(const char* subgraph_json, int subgraph_id,
+                           const MxtrtStrings* options, const MxtrtTensors* params,
+                           MxtrtReply* reply);
+typedef int64_t (*create_cb_t)(const MxtrtStrings* attrs, int dev_type, int dev_id,
+                               const MxtrtTensors* inputs, MxtrtReply* reply);
+typedef int (*forward_cb_t)(int64_t handle, const MxtrtTensors* inputs,
+                            const MxtrtTensors* outputs, int dev_type, int dev_id, void* stream,
                             MxtrtReply* reply);
 typedef void (*destroy_cb_t)(int64_t handle);
 }
@@ -74,26 +86,47 @@ const char kNotLoaded[] =
     "mxtrt: the Python side of the TensorRT backend is not loaded; run `import mxtrt_backend` "
     "before using the TensorRT backend";
 
-// Options and attributes travel as parallel key/value arrays; the vectors own nothing.
-struct KeyVals {
+// Owns the arrays an MxtrtStrings points into, for the duration of one call.
+struct Strings {
   std::vector<const char*> keys, vals;
-  explicit KeyVals(const std::unordered_map<std::string, std::string>& map) {
+  explicit Strings(const std::unordered_map<std::string, std::string>& map) {
     for (const auto& kv : map) {
       keys.push_back(kv.first.c_str());
       vals.push_back(kv.second.c_str());
     }
   }
-  int size() const { return static_cast<int>(keys.size()); }
+  MxtrtStrings view() const {
+    return MxtrtStrings{static_cast<int>(keys.size()), keys.data(), vals.data()};
+  }
 };
 
-// Shapes travel as one flat int64 array plus a rank per tensor.
-struct Shapes {
-  std::vector<int64_t> flat;
-  std::vector<int> ndims;
+// Owns the arrays an MxtrtTensors points into, for the duration of one call.
+struct Tensors {
+  std::vector<void*> data;
+  std::vector<int64_t> shapes;
+  std::vector<int> ndims, dtypes;
+  std::vector<uint64_t> versions;
+  std::vector<const char*> names;
+
   template <typename Dims>
-  void add(const Dims& dims) {
+  void add_shape(const Dims& dims) {
     ndims.push_back(static_cast<int>(dims.size()));
-    for (auto d : dims) flat.push_back(static_cast<int64_t>(d));
+    for (auto d : dims) shapes.push_back(static_cast<int64_t>(d));
+  }
+  void add(const MXTensor& t) {
+    data.push_back(t.data_ptr);
+    dtypes.push_back(t.dtype);
+    versions.push_back(t.verID);
+    add_shape(t.shape);
+  }
+  MxtrtTensors view() const {
+    return MxtrtTensors{static_cast<int>(ndims.size()),
+                        data.empty() ? nullptr : data.data(),
+                        shapes.data(),
+                        ndims.data(),
+                        dtypes.data(),
+                        versions.empty() ? nullptr : versions.data(),
+                        names.empty() ? nullptr : names.data()};
   }
 };
 
@@ -108,7 +141,8 @@ MXReturnValue supportedOps(const Graph* graph, std::vector<int>* ids,
                            const std::unordered_map<std::string, std::string>& options) {
   Callbacks cb = callbacks();
   if (!cb.supported) return fail(kNotLoaded);
-  KeyVals opts(options);
+  Strings opts(options);
+  MxtrtStrings opts_view = opts.view();
   // Graph::toString() renumbers nodes in its own topological order, while `ids` follows
   // MXNet's node order; tell Python which id slot each JSON node owns.
   std::unordered_map<const mxnet::ext::Node*, int> id_of;
@@ -119,8 +153,8 @@ MXReturnValue supportedOps(const Graph* graph, std::vector<int>* ids,
     json_to_id.push_back(id_of[*it]);
   MxtrtReply reply;
   std::string json = graph->toString();
-  if (!cb.supported(json.c_str(), opts.size(), opts.keys.data(), opts.vals.data(),
-                    static_cast<int>(json_to_id.size()), json_to_id.data(), ids->data(), &reply))
+  if (!cb.supported(json.c_str(), &opts_view, static_cast<int>(json_to_id.size()),
+                    json_to_id.data(), ids->data(), &reply))
     return fail(reply.error);
   return MX_SUCCESS;
 }
@@ -155,24 +189,19 @@ MXReturnValue reviewSubgraph(const Graph* subgraph, int subgraph_id, bool* accep
   Callbacks cb = callbacks();
   if (!cb.review) return fail(kNotLoaded);
   // Parameter values are known only when the user passed args/aux to optimize_for.
-  std::vector<const char*> names;
-  std::vector<void*> data;
-  std::vector<int> dtypes;
-  Shapes shapes;
+  Tensors params;
   for (const mxnet::ext::Node* node : subgraph->inputs) {
     if (node->tensor == nullptr || node->tensor->ctx.dev_type != "cpu") continue;
-    names.push_back(node->name.c_str());
-    data.push_back(node->tensor->data_ptr);
-    dtypes.push_back(node->tensor->dtype);
-    shapes.add(node->tensor->shape);
+    params.names.push_back(node->name.c_str());
+    params.add(*node->tensor);
   }
-  KeyVals opts(options);
+  Strings opts(options);
+  MxtrtStrings opts_view = opts.view();
+  MxtrtTensors params_view = params.view();
   MxtrtReply reply;
   reply.attrs = attrs;
   std::string json = subgraph->toString();
-  if (!cb.review(json.c_str(), subgraph_id, opts.size(), opts.keys.data(), opts.vals.data(),
-                 static_cast<int>(names.size()), names.data(), data.data(), shapes.flat.data(),
-                 shapes.ndims.data(), dtypes.data(), &reply))
+  if (!cb.review(json.c_str(), subgraph_id, &opts_view, &params_view, &reply))
     return fail(reply.error);
   *accept = reply.accept;
   return MX_SUCCESS;
@@ -191,28 +220,14 @@ class TensorRTOp : public CustomStatefulOp {
                         const OpResource& res) override {
     Callbacks cb = callbacks();
     if (!cb.forward) return fail(kNotLoaded);
-    std::vector<void*> in_data, out_data;
-    std::vector<int> in_dtypes, out_dtypes;
-    std::vector<uint64_t> in_versions;
-    Shapes in_shapes, out_shapes;
-    for (const MXTensor& t : *inputs) {
-      in_data.push_back(t.data_ptr);
-      in_dtypes.push_back(t.dtype);
-      in_versions.push_back(t.verID);
-      in_shapes.add(t.shape);
-    }
-    for (const MXTensor& t : *outputs) {
-      out_data.push_back(t.data_ptr);
-      out_dtypes.push_back(t.dtype);
-      out_shapes.add(t.shape);
-    }
+    Tensors ins, outs;
+    for (const MXTensor& t : *inputs) ins.add(t);
+    for (const MXTensor& t : *outputs) outs.add(t);
     const MXContext& ctx = inputs->empty() ? outputs->at(0).ctx : inputs->at(0).ctx;
+    MxtrtTensors in_view = ins.view(), out_view = outs.view();
     MxtrtReply reply;
-    if (!cb.forward(handle_, static_cast<int>(in_data.size()), in_data.data(),
-                    in_shapes.flat.data(), in_shapes.ndims.data(), in_dtypes.data(),
-                    in_versions.data(), static_cast<int>(out_data.size()), out_data.data(),
-                    out_shapes.flat.data(), out_shapes.ndims.data(), out_dtypes.data(),
-                    dev_type_code(ctx), ctx.dev_id, res.get_cuda_stream(), &reply))
+    if (!cb.forward(handle_, &in_view, &out_view, dev_type_code(ctx), ctx.dev_id,
+                    res.get_cuda_stream(), &reply))
       return fail(reply.error);
     return MX_SUCCESS;
   }
@@ -227,13 +242,16 @@ MXReturnValue createOpState(const std::unordered_map<std::string, std::string>& 
                             const std::vector<int> in_types, CustomStatefulOp** op_inst) {
   Callbacks cb = callbacks();
   if (!cb.create) return fail(kNotLoaded);
-  KeyVals kv(attrs);
-  Shapes shapes;
-  for (const auto& s : in_shapes) shapes.add(s);
+  Strings kv(attrs);
+  Tensors ins;
+  for (size_t i = 0; i < in_shapes.size(); i++) {
+    ins.add_shape(in_shapes[i]);
+    ins.dtypes.push_back(in_types[i]);
+  }
+  MxtrtStrings attrs_view = kv.view();
+  MxtrtTensors in_view = ins.view();
   MxtrtReply reply;
-  int64_t handle = cb.create(kv.size(), kv.keys.data(), kv.vals.data(), dev_type_code(ctx),
-                             ctx.dev_id, static_cast<int>(in_shapes.size()), shapes.flat.data(),
-                             shapes.ndims.data(), in_types.data(), &reply);
+  int64_t handle = cb.create(&attrs_view, dev_type_code(ctx), ctx.dev_id, &in_view, &reply);
   if (handle < 0) return fail(reply.error);
   *op_inst = CustomStatefulOp::create<TensorRTOp>(handle);
   return MX_SUCCESS;

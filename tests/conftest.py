@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import mxnet as mx
 import numpy as np
@@ -41,8 +45,29 @@ def random_params(sym: mx.sym.Symbol, data_shapes: dict[str, tuple[int, ...]], s
     return args, aux
 
 
+_env_lock = threading.Lock()
+
+
+@contextmanager
+def unfused() -> Iterator[None]:
+    """Binds without MXNet's default MKLDNN fusion, which gives wrong answers on some nets
+    (MXNET_SUBGRAPH_BACKEND is read at bind): the reference the tests compare against."""
+    with _env_lock:
+        previous = os.environ.get("MXNET_SUBGRAPH_BACKEND")
+        os.environ["MXNET_SUBGRAPH_BACKEND"] = "NONE"
+        try:
+            yield
+        finally:
+            if previous is None:
+                del os.environ["MXNET_SUBGRAPH_BACKEND"]
+            else:
+                os.environ["MXNET_SUBGRAPH_BACKEND"] = previous
+
+
 def forward(sym: mx.sym.Symbol, args, aux, data: dict[str, np.ndarray]) -> list[np.ndarray]:
-    ex = sym.bind(mx.cpu(), dict(args, **{k: mx.nd.array(v) for k, v in data.items()}),
-                  aux_states=dict(aux), grad_req="null")
+    """Bind (unfused), run once in inference mode, return every output."""
+    with unfused():
+        ex = sym.bind(mx.cpu(), dict(args, **{k: mx.nd.array(v) for k, v in data.items()}),
+                      aux_states=dict(aux), grad_req="null")
     ex.forward(is_train=False)
     return [o.asnumpy() for o in ex.outputs]

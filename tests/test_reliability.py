@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import forward, random_params, rel_err
+from helpers import op_state
 
 SHAPE = (4, 3, 8, 8)
 
@@ -33,38 +34,36 @@ def batches(n: int, seed: int = 0) -> list[np.ndarray]:
 
 @pytest.fixture
 def bound_state():
-    """A bound executor's op state after one forward, and zero buffers matching its inputs."""
-    from mxtrt_backend import op
+    """The op state of the network's subgraph, and zero buffers matching its inputs and output."""
     from mxtrt_backend.engine import TensorRef
 
     sym = net()
     args, _ = random_params(sym, {"data": SHAPE})
-    ex = trt_executor(sym, args)
-    ex.forward(is_train=False)
-    ex.outputs[0].wait_to_read()
-    state = op._states[max(op._states)]  # the newest: states of earlier tests may live on
-    buffers = [np.zeros(shape, dtype) for shape, dtype in zip(state.in_shapes, state.in_dtypes)]
-    refs = [TensorRef(b.ctypes.data, b.shape, b.dtype) for b in buffers]
-    yield state, refs
-    del ex, buffers
+    partitioned = sym.optimize_for("TensorRT", args, {}, ctx=mx.cpu())
+    shapes = dict(zip(sym.list_arguments(), sym.infer_shape(data=SHAPE)[0]))
+    with op_state(partitioned, shapes) as state:
+        buffers = [np.zeros(shape, dtype) for shape, dtype in zip(state.in_shapes, state.in_dtypes)]
+        out = np.zeros((SHAPE[0], 5), np.float32)
+        yield (state, [TensorRef(b.ctypes.data, b.shape, b.dtype) for b in buffers],
+               [TensorRef(out.ctypes.data, out.shape, out.dtype)])
 
 
 def test_wrong_input_shape_names_the_subgraph_input(bound_state):
     from mxtrt_backend import op
 
-    state, refs = bound_state
+    state, refs, outs = bound_state
     data = state.subgraph.input_names.index("data0")
     refs[data] = refs[data]._replace(shape=(2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"input 'data0' is float32\[2, 3, 8, 8\], the engine was "
                                          r"made for float32\[4, 3, 8, 8\]"):
-        op.run_state(state, refs, [], 0)
+        op.run_state(state, refs, outs, 0)
 
 
 def test_output_buffer_of_another_dtype_is_refused_before_the_engine_writes(bound_state):
     from mxtrt_backend import op
     from mxtrt_backend.engine import TensorRef
 
-    state, refs = bound_state
+    state, refs, _ = bound_state
     small = np.zeros((4, 5), np.float16)  # half the bytes the engine would write
     with pytest.raises(ValueError, match=r"buffer for output 'fc' is float16\[4, 5\], the exported "
                                          r"graph computes float32\[4, 5\]"):

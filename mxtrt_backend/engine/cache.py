@@ -16,6 +16,7 @@ import struct
 import tempfile
 import threading
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -83,6 +84,8 @@ class EngineCache:
         self._unwritable: set[str] = set()
         # Read-only folders of engines shipped with a converted model (mxtrt_backend.load).
         self._bundles: list[Path] = []
+        # How many engines were served from memory, loaded from disk, or built.
+        self.lookups: Counter[str] = Counter()
 
     def add_bundle(self, folder: str) -> None:
         with self._guard:
@@ -92,6 +95,7 @@ class EngineCache:
     def clear_memory(self) -> None:
         with self._guard:
             self._engines.clear()
+            self.lookups.clear()
 
     def get(self, key: str, cache_dir: str, runtime: str, version: str,
             build: Callable[[], bytes], load: Callable[[bytes], Engine]) -> Hit:
@@ -99,11 +103,12 @@ class EngineCache:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # one build per key in this process
             engine = self._engines.get(key)
-            if engine is not None:
-                return Hit(engine, "memory")
-            hit = self._from_disk(key, cache_dir, runtime, version, build, load)
+            hit = (Hit(engine, "memory") if engine is not None
+                   else self._from_disk(key, cache_dir, runtime, version, build, load))
             self._engines[key] = hit.engine
-            return hit
+        with self._guard:
+            self.lookups[hit.source] += 1
+        return hit
 
     def _from_disk(self, key: str, cache_dir: str, runtime: str, version: str,
                    build: Callable[[], bytes], load: Callable[[bytes], Engine]) -> Hit:

@@ -15,8 +15,9 @@ The entries live in modules by op family: nn, elementwise, tensor, reduce.
 from __future__ import annotations
 
 from . import elementwise, nn, reduce, tensor  # noqa: F401  each module registers its ops
-from ._registry import (MX_DTYPES, REGISTRY, SUPPORTED_DTYPES, Attrs, OpSupport, Predicate,
-                        TensorInfo, always, param_slots, refusal, register)
+from ._registry import (REGISTRY, SUPPORTED_DTYPES, Attrs, OpSupport, Predicate,
+                        TensorInfo, always, param_slots, refusal, register,
+                        training_difference)
 
-__all__ = ["MX_DTYPES", "REGISTRY", "SUPPORTED_DTYPES", "Attrs", "OpSupport", "Predicate",
-           "TensorInfo", "always", "param_slots", "refusal", "register"]
+__all__ = ["REGISTRY", "SUPPORTED_DTYPES", "Attrs", "OpSupport", "Predicate",
+           "TensorInfo", "always", "param_slots", "refusal", "register", "training_difference"]

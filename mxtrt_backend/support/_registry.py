@@ -28,25 +28,26 @@ class OpSupport:
     check_inputs: InputsCheck | None = None
     # Why the op is refused on float16 tensors; None: float16 is fine.
     float16_problem: str | None = None
+    # How the op computes something else in training mode (the engines run inference), or None.
+    in_training: Predicate | None = None
 
 
 REGISTRY: dict[str, OpSupport] = {}
 
-# MXNet's dtype codes (mshadow type flags) as they appear in "__ext_dtype__" attributes.
-MX_DTYPES = {0: "float32", 1: "float64", 2: "float16", 3: "uint8", 4: "int32", 5: "int8",
-             6: "int64", 7: "bool", 12: "bfloat16"}
 # TensorRT computes in these; integer and double tensors inside an engine are not worth the
 # restrictions they bring (most TensorRT layers refuse them).
 SUPPORTED_DTYPES = ("float32", "float16")
 
 
 def register(*ops: str, param_slots: tuple[int, ...] = (), check_inputs: InputsCheck | None = None,
-             float16_problem: str | None = None) -> Callable[[Predicate], Predicate]:
+             float16_problem: str | None = None, in_training: Predicate | None = None
+             ) -> Callable[[Predicate], Predicate]:
     """Register one predicate for one or more ops (ops that share their rules)."""
 
     def add(check: Predicate) -> Predicate:
         for op in ops:
-            REGISTRY[op] = OpSupport(op, check, param_slots, check_inputs, float16_problem)
+            REGISTRY[op] = OpSupport(op, check, param_slots, check_inputs, float16_problem,
+                                     in_training)
         return check
 
     return add
@@ -79,6 +80,12 @@ def refusal(op: str, attrs: Attrs, exclude_ops: tuple[str, ...] = (),
     if problem is None and entry.check_inputs is not None:
         problem = entry.check_inputs(attrs, inputs)
     return problem
+
+
+def training_difference(op: str, attrs: Attrs) -> str | None:
+    """How a supported node computes something else in training mode, or None."""
+    entry = REGISTRY.get(op)
+    return entry.in_training(attrs) if entry and entry.in_training else None
 
 
 def param_slots(op: str) -> tuple[int, ...]:

@@ -32,7 +32,13 @@ def _uniform_dtype(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | None:
             else f"inputs of mixed dtypes ({', '.join(dtypes)}) are not supported")
 
 
-@register("BatchNorm", param_slots=(1, 2, 3, 4), check_inputs=_uniform_dtype)
+def _batch_norm_in_training(attrs: Attrs) -> str | None:
+    return (None if flag(attrs, "use_global_stats", False)
+            else "BatchNorm normalises with the batch's own statistics in training")
+
+
+@register("BatchNorm", param_slots=(1, 2, 3, 4), check_inputs=_uniform_dtype,
+          in_training=_batch_norm_in_training)
 def _batch_norm(attrs: Attrs) -> str | None:
     return first_problem(
         one_of(attrs, "axis", ("1",), "1"),
@@ -148,7 +154,11 @@ def _layer_norm(attrs: Attrs) -> str | None:
 register("InstanceNorm", param_slots=(1, 2))(always)
 
 
-@register("Dropout")
+def _dropout_in_training(attrs: Attrs) -> str | None:
+    return None if float(attrs.get("p", "0.5")) == 0 else "Dropout drops activations in training"
+
+
+@register("Dropout", in_training=_dropout_in_training)
 def _dropout(attrs: Attrs) -> str | None:
     # Dropout is the identity at inference, the only mode the backend runs, unless mode=always.
     return one_of(attrs, "mode", ("training",), "training")
