@@ -13,8 +13,7 @@ from mxnet.gluon import nn
 from mxnet.gluon.model_zoo import vision
 
 import mxtrt_backend
-from conftest import op_names, rel_err
-from helpers import train_lenet_digits
+from helpers import op_names, rel_err, train_lenet_digits
 from mxtrt_backend import activation
 from mxtrt_backend.config import OptionError
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import mxtrt_backend
-from mxtrt_backend.config import OPTIONS, OptionError, Options, resolve
+from mxtrt_backend.config import OPTIONS, OptionError, resolve
 
 TRT_OPTIONS = ("precision", "max_workspace_size", "batch_range", "builder_optimization_level",
                "calibration_cache", "calibration_data")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mxnet import autograd, gluon
 
-from conftest import forward, op_names, random_params, rel_err
+from helpers import forward, op_names, random_params, rel_err
 from mxtrt_backend.activation import TrainingModeError
 
 D = mx.sym.var("data")

@@ -9,7 +9,6 @@ import textwrap
 
 import pytest
 
-from mxtrt_backend.engine import cache
 from mxtrt_backend.engine.cache import CorruptEntry, EngineCache, cache_key, pack, unpack
 
 

@@ -19,8 +19,7 @@ from mxtrt_backend.engine import RUNTIMES, cuda, runtime_for, trt
 from mxtrt_backend.engine.ort import OrtRuntime
 from mxtrt_backend.engine.staged import StagedEngine
 
-from conftest import forward, random_params, rel_err
-from test_trt_onnx_ops import DATA, data_subgraph
+from helpers import DATA, data_subgraph, forward, random_params, rel_err
 
 NO_GPU = trt.probe().cuda_problem is not None
 needs_no_gpu = pytest.mark.skipif(not NO_GPU, reason="checks the behaviour without a usable GPU")

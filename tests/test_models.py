@@ -8,22 +8,12 @@ from dataclasses import dataclass
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet.gluon.model_zoo import vision
 
 import mxtrt_backend
-from conftest import forward, random_params, rel_err
+from helpers import forward, random_params, rel_err, zoo_symbol
 
 NETS = ["resnet18_v1", "resnet50_v2", "mobilenet1.0", "mobilenetv2_1.0", "squeezenet1.0",
         "densenet121", "vgg11_bn", "alexnet", "inceptionv3"]
-
-
-def zoo_symbol(name: str) -> tuple[mx.sym.Symbol, tuple[int, ...]]:
-    shape = (1, 3, 299, 299) if name == "inceptionv3" else (1, 3, 224, 224)
-    net = vision.get_model(name, pretrained=False)
-    net.initialize()
-    net.hybridize()
-    net(mx.nd.zeros(shape))
-    return net._cached_graph[1], shape
 
 
 def mlp() -> tuple[mx.sym.Symbol, dict[str, tuple[int, ...]]]:

@@ -7,7 +7,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import forward, op_names, random_params, rel_err
+from helpers import forward, op_names, random_params, rel_err
 
 D = mx.sym.var("data")
 IMG = (2, 4, 9, 9)

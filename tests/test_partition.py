@@ -9,7 +9,7 @@ import pytest
 
 import mxtrt_backend
 from mxtrt_backend import OptionError
-from conftest import forward, op_names, random_params, rel_err
+from helpers import forward, op_names, random_params, rel_err
 
 SHAPE = (2, 3, 8, 8)
 

@@ -9,8 +9,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import forward, random_params, rel_err
-from helpers import op_state
+from helpers import forward, op_state, random_params, rel_err
 
 SHAPE = (4, 3, 8, 8)
 

@@ -10,7 +10,7 @@ import pytest
 import mxtrt_backend
 from mxtrt_backend import report
 from mxtrt_backend.partition import PartitionReport, Refusal, SubgraphInfo
-from conftest import random_params
+from helpers import random_params
 
 SHAPE = (1, 3, 8, 8)
 

@@ -13,7 +13,7 @@ import pytest
 
 import mxtrt_backend
 from mxtrt_backend import export, support, trt_onnx_ops
-from conftest import forward, op_names, random_params, rel_err
+from helpers import forward, op_names, random_params, rel_err
 
 D = mx.sym.var("data")
 R = mx.sym.var("rhs")

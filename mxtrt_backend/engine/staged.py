@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ..config import Options
-from . import DeviceRuntime, Engine, Runtime, TensorRef, cuda
+from . import DeviceRuntime, Engine, TensorRef, cuda
 from .ort import OrtRuntime
 
 
