@@ -15,7 +15,7 @@ from typing import Callable, TextIO
 
 import numpy as np
 
-from .engine import cuda, trt
+from .engine import cuda, gpu
 
 # Largest relative error accepted against plain MXNet (fp32 engines; TensorRT may use TF32).
 TOLERANCE = 1e-2
@@ -47,16 +47,16 @@ def _cuda() -> Finding:
 
 
 def _gpu() -> Finding:
-    found = trt.probe()
+    found = gpu.probe()
     if found.cuda_problem is not None:
         return Finding("GPU", False, f"not found: {found.cuda_problem}")
     return Finding("GPU", True, ", ".join(f"{i}: {cuda.device_key(i)}" for i in range(found.gpus)))
 
 
 def _tensorrt() -> Finding:
-    version = trt.tensorrt_version()
+    version = gpu.tensorrt_version()
     return Finding("TensorRT", version is not None,
-                   version or f"not found: {trt.INSTALL_HINT}")
+                   version or f"not found: {gpu.INSTALL_HINT}")
 
 
 def _onnxruntime() -> Finding:

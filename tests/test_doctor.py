@@ -10,7 +10,7 @@ import pytest
 
 from mxtrt_backend import __main__ as cli
 from mxtrt_backend import doctor
-from mxtrt_backend.engine import trt
+from mxtrt_backend.engine import gpu
 
 
 def test_doctor_without_tensorrt_reports_it_and_checks_onnx_runtime(tmp_path):
@@ -21,7 +21,7 @@ def test_doctor_without_tensorrt_reports_it_and_checks_onnx_runtime(tmp_path):
     lines = {line.split()[0]: line for line in run.stdout.splitlines() if line.startswith("  ")}
     for component in ("MXNet", "CUDA", "GPU", "TensorRT", "ONNX"):
         assert component in lines, run.stdout
-    if trt.tensorrt_version() is None:
+    if gpu.tensorrt_version() is None:
         assert "TensorRT      not found: pip install tensorrt" in run.stdout
         assert "TensorRT (gpu)       not available" in run.stdout
     assert "ONNX Runtime (cpu)   OK: built and ran" in run.stdout
