@@ -221,7 +221,11 @@ def convert(prefix: str, epoch: int, out: str, shapes: Mapping[str, Shape],
     raw = dict(options or {})
     user_cache = config.resolve({k: v for k, v in raw.items() if k == "cache_dir"}).cache_dir
     raw.pop("cache_dir", None)
-    config.resolve(raw)
+    resolved = config.resolve(raw)
+    if device.kind == "gpu" and resolved.precision == "int8" and not (
+            resolved.calibration_cache or resolved.calibration_data):
+        raise CliError("-o precision=int8 needs -o calibration_cache=FILE (a TensorRT calibration "
+                       "cache; calibration batches cannot be given on a command line)")
     target = Path(out)
     _check_target(target)
     model = cli.load_checkpoint(prefix, epoch)

@@ -50,13 +50,17 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def convert_in_a_process(checkpoint, out, cache, batch: int) -> subprocess.CompletedProcess:
+    """`mxtrt convert` of the LeNet checkpoint; the label's shape is left to MXNet to infer."""
+    prefix, epoch = checkpoint
+    return run_cli("convert", prefix, str(epoch), "--out", str(out), "--shape", f"{batch},1,8,8",
+                   "--ctx", "cpu", env=dict(os.environ, MXTRT_CACHE_DIR=str(cache)))
+
+
 def test_convert_then_run_in_new_processes_without_rebuilding(checkpoint, tmp_path):
     prefix, epoch = checkpoint
     out = tmp_path / "converted"
-    env = dict(os.environ, MXTRT_CACHE_DIR=str(tmp_path / "user-cache"))
-    # The label's shape is left to MXNet to infer.
-    done = run_cli("convert", prefix, str(epoch), "--out", str(out), "--shape", "16,1,8,8",
-                   "--ctx", "cpu", env=env)
+    done = convert_in_a_process(checkpoint, out, tmp_path / "user-cache", 16)
     assert done.returncode == 0, done.stderr
     assert "building engines [#] 1/1" in done.stderr
     assert f"1 engine(s) for onnxruntime {ort_version()} on cpu in {out / 'engines'}" in done.stdout
@@ -184,6 +188,14 @@ def test_convert_rejects_a_bad_option_before_any_work(checkpoint, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_int8_for_a_gpu_needs_a_calibration_cache_before_any_work(checkpoint, tmp_path):
+    prefix, epoch = checkpoint
+    with pytest.raises(cli.CliError, match=r"precision=int8 needs -o calibration_cache=FILE"):
+        convert.convert(prefix, epoch, str(tmp_path / "o"), {"data": (1, 1, 8, 8)},
+                        {"precision": "int8"}, cli.Device("gpu", 0))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_converting_again_replaces_the_earlier_conversion(checkpoint, tmp_path, capsys):
     """ort_threads is part of the engine key: the second conversion's engine has another name,
     and the first one's must not stay behind."""
@@ -298,16 +310,14 @@ def resnet(tmp_path_factory):
 
 def test_interrupted_convert_leaves_the_earlier_conversion_and_nothing_else(
         checkpoint, resnet, tmp_path):
-    prefix, epoch = checkpoint
     out = tmp_path / "out"
-    env = dict(os.environ, MXTRT_CACHE_DIR=str(tmp_path / "cache"))
-    first = run_cli("convert", prefix, str(epoch), "--out", str(out), "--shape", "2,1,8,8",
-                    "--ctx", "cpu", env=env)
+    first = convert_in_a_process(checkpoint, out, tmp_path / "cache", 2)
     assert first.returncode == 0, first.stderr
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     interrupted = subprocess.Popen(
         [sys.executable, "-m", "mxtrt_backend", "convert", resnet, "0", "--out", str(out),
-         "--shape", "1,3,64,64", "--ctx", "cpu"], env=env, stdout=subprocess.PIPE,
+         "--shape", "1,3,64,64", "--ctx", "cpu"], stdout=subprocess.PIPE,
+        env=dict(os.environ, MXTRT_CACHE_DIR=str(tmp_path / "cache")),
         stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     # The engine's lock file: the build of the staged conversion has started.
