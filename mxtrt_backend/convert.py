@@ -22,7 +22,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from . import cli, config, partition
 from .cli import CPU, CliError, Device, Shape
@@ -87,14 +87,16 @@ def rebuild_notice(folder: str, kind: str, built: BuiltFor, here: Mapping[str, B
             "(then they are cached)")
 
 
-def _read_manifest(root: Path) -> dict[str, Any] | None:
+def _built_for(root: Path) -> tuple[str, BuiltFor] | None:
+    """The device kind and what a converted folder's engines are for, from its manifest."""
     try:
-        return dict(json.loads((root / MANIFEST).read_text()))
+        manifest = json.loads((root / MANIFEST).read_text())
+        return str(manifest["ctx"]).partition(":")[0], BuiltFor(**manifest["built_for"])
     except FileNotFoundError:
         return None  # converted by mxtrt 0.1.0, before manifests
-    except (OSError, ValueError) as err:
-        log.warning("mxtrt: %s is unreadable (%s); its engines are used if they fit", root / MANIFEST,
-                    err)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("mxtrt: %s is unreadable (%r); its engines are used where they fit",
+                    root / MANIFEST, err)
         return None
 
 
@@ -104,10 +106,9 @@ def load(folder: str):
     import mxnet as mx
 
     root = Path(folder)
-    manifest = _read_manifest(root)
-    if manifest is not None:
-        kind = str(manifest["ctx"]).partition(":")[0]
-        built = BuiltFor(**manifest["built_for"])
+    found = _built_for(root)
+    if found is not None:
+        kind, built = found
         notice = rebuild_notice(folder, kind, built, *_here(kind))
         if notice:
             log.warning(notice)

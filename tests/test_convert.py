@@ -260,6 +260,19 @@ def test_load_says_when_the_engines_will_be_rebuilt(checkpoint, tmp_path, caplog
         f"{ort_version()} on cpu: the first forward on cpu will rebuild them (then they are cached)"]
 
 
+@pytest.mark.parametrize("manifest", ["{not json", '{"ctx": "cpu"}', '{"ctx": "cpu", "built_for": 3}'])
+def test_a_damaged_manifest_is_a_warning_and_the_model_still_loads(checkpoint, tmp_path, caplog,
+                                                                  manifest):
+    prefix, epoch = checkpoint
+    out = tmp_path / "out"
+    convert.convert(prefix, epoch, str(out), {"data": (2, 1, 8, 8)})
+    (out / "mxtrt.json").write_text(manifest)
+    with caplog.at_level(logging.WARNING, logger="mxtrt"):
+        sym, args, _ = convert.load(str(out))
+    assert len(caplog.messages) == 1 and "mxtrt.json is unreadable" in caplog.messages[0]
+    assert "_TensorRT" in sym.tojson() and args
+
+
 A100 = BuiltFor("tensorrt", "10.13.0", "NVIDIA A100-SXM4-40GB sm_80")
 T4 = BuiltFor("tensorrt", "10.13.0", "Tesla T4 sm_75")
 
