@@ -3,10 +3,10 @@
 A disk entry is ``<key>.engine``: a header (magic, format, the runtime that built the engine
 and loads it, its version, payload size and CRC-32) followed by the serialized engine. The
 runtime may be the fallback of the one asked (TensorRT rejected the subgraph, ONNX Runtime
-serves it): the header says which, and an entry no runtime of this process loads is discarded. An entry that fails any check is discarded
-with one WARNING and rebuilt, so a damaged cache costs time, never a wrong answer. Writers take
-a file lock and write a temporary file that is renamed into place, so readers never see a torn
-file and two processes building the same engine leave one file.
+serves it): the header says which. An entry that fails any check, or that no runtime of this
+process loads, is discarded with one WARNING and rebuilt, so a damaged cache costs time, never
+a wrong answer. Writers take a file lock and write a temporary file that is renamed into place,
+so readers never see a torn file and two processes building the same engine leave one file.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import tempfile
 import threading
 import zlib
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
 from filelock import FileLock
