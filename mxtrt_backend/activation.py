@@ -34,7 +34,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
-from . import callbacks, partition
+from . import callbacks, layout, partition
 from .config import OptionError
 
 log = logging.getLogger("mxtrt")
@@ -247,6 +247,7 @@ def _hook_binder(original: Callable[..., Any], plan: Plan) -> Callable[..., Any]
         if fills:
             _fill_given(executor, partitioned, shared_buffer)
         executor._mxtrt_training = training
+        executor._mxtrt_layout = layout.of_executor(executor, partitioned)
         return executor
 
     return binder
@@ -293,9 +294,10 @@ def _hook_reshape(original: Callable[..., Any]) -> Callable[..., Any]:
         with _subgraph_backend(BACKEND):
             executor = original(self, *args, **kwargs)
         executor._mxtrt_training = training
-        if partitioned is None:
-            return executor
-        return _in_source_order(executor, partitioned, self._symbol)
+        if partitioned is not None:
+            _in_source_order(executor, partitioned, self._symbol)
+        executor._mxtrt_layout = layout.of_executor(executor, partitioned or self._symbol)
+        return executor
 
     return reshape
 
@@ -312,6 +314,9 @@ def _hook_forward(original: Callable[..., Any]) -> Callable[..., Any]:
                 f"inference, which differs here ({shown}). Call forward(is_train=False) for "
                 f"inference; to train, bind the original symbol (without optimize_for('TensorRT')"
                 f", or with {FLAG}=0).")
+        held = getattr(self, "_mxtrt_layout", None)
+        if held is not None:
+            held.restore()
         return original(self, is_train, **kwargs)
 
     return forward
@@ -368,6 +373,7 @@ def _hook_build_cache(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(self, *args)
         finally:
             self._backend_opts = user_opts
+            self._mxtrt_layout = None  # the graph's parameters may have changed
 
     return _build_cache
 
@@ -378,16 +384,23 @@ _CACHE_FIELDS = ("_cached_graph", "_cached_op", "_cached_op_args")
 def _hook_call_cached_op(original: Callable[..., Any]) -> Callable[..., Any]:
     """Training-mode calls (autograd.record(), train_mode()) of a block hybridized with our
     backend run MXNet's own graph, as MXNet would without the backend: TensorRT engines compute
-    inference and have no backward. The block keeps a second cache for them."""
+    inference and have no backward. The block keeps a second cache for them. Inference calls
+    first put the parameters the subgraphs bake back in the default layout (see ``layout``)."""
 
     @functools.wraps(original)
     def _call_cached_op(self: Any, *args: Any) -> Any:
         from mxnet import autograd
 
-        if self._backend != BACKEND or not (autograd.is_training() or autograd.is_recording()):
+        if self._backend != BACKEND:
             return original(self, *args)
-        if self._cached_op is None:  # partition first, so the source graph is known
+        if self._cached_op is None:  # partition first: the source graph and parameters are known
             self._build_cache(*args)
+        if not (autograd.is_training() or autograd.is_recording()):
+            held = getattr(self, "_mxtrt_layout", None)
+            if held is None:
+                held = self._mxtrt_layout = layout.of_block(self)
+            held.restore()
+            return original(self, *args)
         inference = tuple(getattr(self, name) for name in _CACHE_FIELDS)
         plain: tuple[Any, ...] = getattr(self, "_mxtrt_training_cache", None) or (
             self._mxtrt_source_graph, None, [])
@@ -409,6 +422,7 @@ def _hook_clear_cached_op(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def _clear_cached_op(self: Any) -> Any:
         self._mxtrt_training_cache = None
+        self._mxtrt_layout = None
         return original(self)
 
     return _clear_cached_op

@@ -89,6 +89,13 @@ def _destroy(handle: int) -> None:
     op.destroy_state(handle)
 
 
+def extension() -> Extension:
+    """The loaded library (``import mxtrt_backend`` installs it)."""
+    if _ext is None:
+        raise RuntimeError("mxtrt: the extension library is not loaded; import mxtrt_backend")
+    return _ext
+
+
 def install(path: str) -> Extension:
     """Load the library into MXNet with these callbacks; once per process."""
     global _ext

@@ -128,6 +128,11 @@ class Extension:
         self.lib.mxtrt_reply_error.argtypes = [c_void_p, c_char_p]
         self.lib.mxtrt_reply_accept.argtypes = [c_void_p, c_int]
         self.lib.mxtrt_reply_attr.argtypes = [c_void_p, c_char_p, c_char_p]
+        self.lib.mxtrt_default_layouts.argtypes = [c_void_p, c_void_p, c_int]
+        from mxnet.base import _LIB
+
+        self._layout_calls = (c_void_p * 2)(ctypes.cast(_LIB.MXNDArrayWaitToRead, c_void_p),
+                                            ctypes.cast(_LIB.MXNDArrayGetData, c_void_p))
         # Kept on self: ctypes frees a trampoline once its Python object is gone.
         self._callbacks = (SUPPORTED(supported), REVIEW(review), CREATE(create),
                            FORWARD(forward), DESTROY(destroy))
@@ -146,6 +151,13 @@ class Extension:
         except mx.MXNetError:
             pass  # the failure was, or will be, reported where its result is read
         self.lib.mxtrt_clear_callbacks()
+
+    def default_layouts(self, handles: ctypes.Array, count: int) -> None:
+        """Reorder the arrays among ``handles`` (NDArray handles) that MXNet keeps in an MKLDNN
+        layout back to the default layout, in place (see ``layout``)."""
+        from mxnet.base import check_call
+
+        check_call(self.lib.mxtrt_default_layouts(self._layout_calls, handles, count))
 
     def reply_error(self, reply: int, err: BaseException) -> None:
         self.lib.mxtrt_reply_error(reply, error_text(err).encode())

@@ -295,4 +295,23 @@ void mxtrt_reply_attr(MxtrtReply* reply, const char* key, const char* value) {
   if (reply->attrs) (*reply->attrs)[key] = value;
 }
 
+// MXNet 1.9 hands an extension op a reordered copy of each input it keeps in an MKLDNN layout, at
+// every call. Before a forward, Python passes the arrays `_TensorRT` nodes bake, with MXNet's C
+// API MXNDArrayWaitToRead and MXNDArrayGetData (which reorders an MKLDNN array to the default
+// layout in place): one loop here, nanoseconds per array when none needs it. The wait comes first
+// because a queued MXNet op (a Gluon block's convolution) may still be changing the layout.
+// Returns MXNet's status: 0, or -1 with MXNet's error message set.
+typedef int (*ndarray_call_t)(void* handle);
+typedef int (*ndarray_data_t)(void* handle, void** data);
+
+int mxtrt_default_layouts(void* const* mxnet_calls, void* const* handles, int count) {
+  ndarray_call_t wait_to_read = reinterpret_cast<ndarray_call_t>(mxnet_calls[0]);
+  ndarray_data_t get_data = reinterpret_cast<ndarray_data_t>(mxnet_calls[1]);
+  void* data = nullptr;
+  for (int i = 0; i < count; i++) {
+    if (wait_to_read(handles[i]) != 0 || get_data(handles[i], &data) != 0) return -1;
+  }
+  return 0;
+}
+
 }  // extern "C"
