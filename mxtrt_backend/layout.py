@@ -22,11 +22,11 @@ from typing import Any, Iterable
 
 from . import callbacks, partition
 
-OP_NAME = "_TensorRT"
-
 
 def baked_names(symbol: Any) -> frozenset[str]:
     """The symbol's variables that only `_TensorRT` nodes read, as parameters they bake."""
+    from .activation import OP_NAME  # activation imports this module
+
     nodes = json.loads(symbol.tojson())["nodes"]
     baked: set[str] = set()
     read_by_mxnet: set[str] = set()
