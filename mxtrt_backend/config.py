@@ -28,6 +28,16 @@ def _parse_int(text: str) -> int:
     return int(text.strip())
 
 
+_TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
+
+
+def _parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word not in _TRUE | _FALSE:
+        raise ValueError("expected 1 or 0 (true/false, yes/no, on/off)")
+    return word in _TRUE
+
+
 def _parse_names(text: str) -> tuple[str, ...]:
     return tuple(sorted({part.strip() for part in text.split(",") if part.strip()}))
 
@@ -163,6 +173,12 @@ class Options:
         0, env="MXNET_TENSORRT_ORT_THREADS", parse=_parse_int, check=_at_least(0),
         affects_engine=True, shown_default="0 (ONNX Runtime decides)",
         help="ONNX Runtime intra-op threads on CPU contexts")
+    ort_spinning: bool = _option(
+        False, env="MXNET_TENSORRT_ORT_SPINNING", parse=_parse_bool, affects_engine=True,
+        shown_default="`0` (threads sleep)",
+        help="let ONNX Runtime's idle intra-op threads spin-wait for work (its own default) instead "
+             "of sleeping: spinning threads of one subgraph's engine slow down the next subgraph, "
+             "MXNet's own ops and other processes (see docs/benchmarks.md)")
     precision: str = _option(
         "fp32", env="MXNET_TENSORRT_PRECISION", parse=_parse_precision, check=_check_precision,
         affects_engine=True,

@@ -43,10 +43,16 @@ def test_unknown_option_without_a_close_match_lists_the_valid_ones():
     ({"min_subgraph_size": "-1"}, "option 'min_subgraph_size' = '-1' \\(given\\) is invalid: must be >= 1"),
     ({"min_subgraph_size": "two"}, "option 'min_subgraph_size' = 'two' \\(given\\) is invalid"),
     ({"ort_threads": "-3"}, "option 'ort_threads' = '-3' \\(given\\) is invalid: must be >= 0"),
+    ({"ort_spinning": "maybe"}, "option 'ort_spinning' = 'maybe' \\(given\\) is invalid: expected 1 or 0"),
 ])
 def test_bad_values_name_option_and_value(raw, message):
     with pytest.raises(OptionError, match=message):
         resolve(raw, environ={})
+
+
+@pytest.mark.parametrize("raw, value", [("1", True), (" On", True), ("no", False), ("0", False)])
+def test_switches_take_the_usual_words(raw, value):
+    assert resolve({"ort_spinning": raw}, environ={}).ort_spinning is value
 
 
 def test_bad_environment_value_names_the_variable():
@@ -58,6 +64,9 @@ def test_engine_key_holds_only_engine_options():
     key = Options().engine_key()
     assert "min_subgraph_size" not in key and "cache_dir" not in key
     assert "ort_threads" in key
+    # The in-memory cache holds ONNX Runtime sessions: a session made with other thread settings
+    # is another engine.
+    assert "ort_spinning" in key
 
 
 def test_every_option_has_its_own_environment_variable():

@@ -75,10 +75,21 @@ class OrtRuntime(Runtime):
     @staticmethod
     def _session(onnx_bytes: bytes, options: Options, level: ort.GraphOptimizationLevel,
                  save_to: Path | None = None) -> ort.InferenceSession:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = level
-        so.intra_op_num_threads = options.ort_threads
-        so.log_severity_level = 3
+        so = session_options(options, level)
         if save_to is not None:
             so.optimized_model_filepath = str(save_to)
         return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def session_options(options: Options, level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
+    """How the backend's ONNX Runtime sessions are made."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    so.intra_op_num_threads = options.ort_threads
+    # ONNX Runtime's idle pool threads spin for a while after each parallel section. Each engine
+    # has its own pool: with several subgraphs, one engine's spinning threads take the cores that
+    # the next engine, MXNet's own ops or other processes need (docs/benchmarks.md).
+    so.add_session_config_entry("session.intra_op.allow_spinning",
+                                "1" if options.ort_spinning else "0")
+    so.log_severity_level = 3
+    return so
