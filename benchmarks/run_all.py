@@ -1,29 +1,64 @@
-"""All benchmarks in one run: `python benchmarks/run_all.py` (CPU; prints ratios side by side).
+"""All CPU benchmarks in one run: `python benchmarks/run_all.py [--quick] [--only NAME,...]`.
 
-Each comparison measures both sides in this one process, one right after the other, as medians
-of repeated runs, so machine load affects both alike. Nothing here is a pass/fail test; the goals
-printed beside the figures are the ones of issue #6.
+Every comparison runs its variants in this one process, interleaved: each round runs every
+variant `calls` times in turn, and the figures are medians over all rounds, so a change of
+machine load affects all variants alike. Ratios compare medians measured that way. The load
+average is printed before and after each section: on a shared machine, read figures taken under
+load as such. Nothing here is a pass/fail test; the goals printed beside the figures are those of
+issue 11. docs/benchmarks.md holds a run's output and what it says.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
+import sys
 import tempfile
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import mxnet as mx
 import numpy as np
+import onnx
+import onnxruntime as ort
 from mxnet.gluon.model_zoo import vision
 
 import mxtrt_backend  # noqa: F401  registers the backend
-from mxtrt_backend import callbacks, export, extension, params, partition
-from mxtrt_backend.bench import time_calls
-from mxtrt_backend.engine.ort import OrtEngine
-from mxtrt_backend.engine.cache import ENGINES
+from mxtrt_backend import callbacks, export, extension, layout, params, partition
+from mxtrt_backend.engine.cache import ENGINES, EngineCache
+from mxtrt_backend.engine.ort import OrtEngine, OrtRuntime
+
+QUICK = False  # --quick: fewer rounds, for a smoke run
 
 
 def header(title: str) -> None:
     print(f"\n== {title}", flush=True)
+    print(f"   (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)", flush=True)
+
+
+def rounds(normal: int) -> int:
+    return 1 if QUICK else normal
+
+
+def interleaved(variants: Mapping[str, Callable[[], object]], rounds: int, calls: int,
+                before_round: Callable[[], object] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each variant: ``rounds`` rounds, each running every variant ``calls``
+    times in turn (after one untimed call)."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, call in variants.items():
+            if before_round is not None:
+                before_round()
+            call()
+            for _ in range(calls):
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e3
 
 
 def seconds(call: Callable[[], object]) -> float:
@@ -32,52 +67,251 @@ def seconds(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def forget_in_memory_caches() -> None:
-    """What a new process would not have: engines, exported graphs, parameter digests."""
+def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(out - ref).max() / max(float(np.abs(ref).max()), 1e-12))
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def zoo_block(name: str, shape: tuple[int, ...], seed: int = 0) -> mx.gluon.HybridBlock:
+    """A model-zoo net with random weights, hybridized and run once (plain MXNet)."""
+    mx.random.seed(seed)
+    net = vision.get_model(name, pretrained=False, prefix="bench_")
+    net.initialize(mx.init.Xavier())
+    net.hybridize(static_alloc=True, static_shape=True)
+    net(mx.nd.zeros(shape)).wait_to_read()
+    return net
+
+
+def copy_of(net: mx.gluon.HybridBlock, name: str, **hybridize: object) -> mx.gluon.HybridBlock:
+    """Another block of the same net holding copies of ``net``'s values."""
+    other = vision.get_model(name, pretrained=False, prefix="bench_")
+    other.initialize()
+    other.collect_params().load_dict({k: v.data() for k, v in net.collect_params().items()})
+    other.hybridize(static_alloc=True, static_shape=True, **hybridize)
+    return other
+
+
+def symbol_of(net: mx.gluon.HybridBlock) -> tuple[mx.sym.Symbol, dict, dict]:
+    """The block's graph and its own arrays (the seed's flow: ``{k: v.data() ...}``)."""
+    sym = net._cached_graph[1]
+    values = {k: v.data() for k, v in net.collect_params().items()}
+    return (sym, {k: v for k, v in values.items() if k in sym.list_arguments()},
+            {k: v for k, v in values.items() if k in sym.list_auxiliary_states()})
+
+
+class Recorder:
+    """The ONNX graphs the backend hands to ONNX Runtime's build, recorded while active."""
+
+    def __init__(self) -> None:
+        self.graphs: list[bytes] = []
+
+    def __enter__(self) -> "Recorder":
+        self._original = OrtRuntime.build
+        graphs = self.graphs
+
+        def build(runtime: OrtRuntime, onnx_bytes: bytes, *rest: object) -> bytes:
+            graphs.append(onnx_bytes)
+            return self._original(runtime, onnx_bytes, *rest)
+
+        OrtRuntime.build = build  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        OrtRuntime.build = self._original  # type: ignore[method-assign]
+
+
+def bare_session(onnx_bytes: bytes, x: np.ndarray, config: Mapping[str, str] = {}
+                 ) -> Callable[[], None]:
+    """ONNX Runtime alone on a graph: its default options, input and output bound once."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    for key, value in config.items():
+        so.add_session_config_entry(key, value)
+    session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    inp = ort.OrtValue.ortvalue_from_numpy(x)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(session.get_inputs()[0].name, inp)
+    binding.bind_output(session.get_outputs()[0].name, "cpu")
+    session.run_with_iobinding(binding)  # allocates the output once
+    out = binding.get_outputs()[0]
+    binding.bind_ortvalue_output(session.get_outputs()[0].name, out)
+    return lambda: session.run_with_iobinding(binding)
+
+
+def fresh_engines() -> None:
+    """What a new process would not have: loaded engines, exported graphs, parameter digests."""
     ENGINES.clear_memory()
     export._exported.clear()
     params._memo.clear()
 
 
-def zoo_symbol(name: str, shape: tuple[int, ...]):
-    net = vision.get_model(name, pretrained=False, prefix="bench_")
-    net.initialize(mx.init.Xavier())
-    net.hybridize()
-    net(mx.nd.zeros(shape))
-    sym = net._cached_graph[1]
-    params = {k: v.data() for k, v in net.collect_params().items()}
-    args = {k: v for k, v in params.items() if k in sym.list_arguments()}
-    aux = {k: v for k, v in params.items() if k in sym.list_auxiliary_states()}
-    return net, sym, args, aux
+# --- sections ----------------------------------------------------------------------------------
 
 
-def gluon_vs_backend() -> None:
-    header("CPU: ONNX Runtime engines vs plain MXNet (Gluon, hybridize(static_alloc=True)); goal >= 1.5x")
-    print(f"{'net':<14}{'batch':>6}{'MXNet ms':>10}{'backend ms':>12}{'speed-up':>10}{'rel err':>10}")
-    for name in ("resnet18_v1", "mobilenet1.0"):
+def single_subgraph() -> None:
+    header("Single subgraph: MXNet (Gluon, static_alloc) vs the backend vs ONNX Runtime alone on "
+           "the exported graph; goals: backend within 5% of ONNX Runtime alone, >= 1.5x MXNet")
+    print("   'ORT alone' uses ONNX Runtime's defaults (idle threads spin); 'ORT alone, sleep' "
+          "sets allow_spinning=0 as the backend does by default")
+    print(f"{'net':<14}{'batch':>6}{'MXNet':>9}{'backend':>9}{'spinning':>9}{'ORT alone':>10}"
+          f"{'sleep':>8}{'vs MXNet':>9}{'vs ORT':>8}{'rel err':>9}")
+    for name, size in (("resnet18_v1", 224), ("mobilenet1.0", 224), ("resnet50_v2", 224)):
         for batch in (1, 16):
-            shape = (batch, 3, 224, 224)
-            x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, shape))
-            plain, _, _, _ = zoo_symbol(name, shape)
-            plain.hybridize(static_alloc=True, static_shape=True)
-            trt = vision.get_model(name, pretrained=False, prefix="bench_")
-            trt.initialize()
-            trt.collect_params().load_dict({k: v.data() for k, v in plain.collect_params().items()})
-            trt.hybridize(static_alloc=True, static_shape=True, backend="TensorRT")
-            ref = plain(x).asnumpy()
-            diff = float(np.abs(trt(x).asnumpy() - ref).max() / np.abs(ref).max())
-            t_mx = time_calls(lambda: plain(x).wait_to_read(), repeat=20)
-            t_trt = time_calls(lambda: trt(x).wait_to_read(), repeat=20)
-            print(f"{name:<14}{batch:>6}{t_mx.median_ms:>10.2f}{t_trt.median_ms:>12.2f}"
-                  f"{t_mx.median_ms / t_trt.median_ms:>9.2f}x{diff:>10.1e}", flush=True)
+            shape = (batch, 3, size, size)
+            x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32))
+            plain = zoo_block(name, shape)
+            with Recorder() as seen:
+                backend = copy_of(plain, name, backend="TensorRT")
+                out = backend(x).asnumpy()
+            spinning = copy_of(plain, name, backend="TensorRT",
+                               backend_opts={"ort_spinning": "1"})
+            spinning(x).wait_to_read()
+            if len(seen.graphs) != 1:
+                print(f"{name}: {len(seen.graphs)} subgraphs, skipped")
+                continue
+            err = rel_err(out, plain(x).asnumpy())
+            xs = x.asnumpy()
+            times = interleaved({
+                "mxnet": lambda: plain(x).wait_to_read(),
+                "backend": lambda: backend(x).wait_to_read(),
+                "spinning": lambda: spinning(x).wait_to_read(),
+                "bare": bare_session(seen.graphs[0], xs),
+                "bare_sleep": bare_session(seen.graphs[0], xs,
+                                           {"session.intra_op.allow_spinning": "0"}),
+            }, rounds(5), 20 if batch == 1 else 4)
+            m = {k: ms(v) for k, v in times.items()}
+            print(f"{name:<14}{batch:>6}{m['mxnet']:>9.2f}{m['backend']:>9.2f}"
+                  f"{m['spinning']:>9.2f}{m['bare']:>10.2f}{m['bare_sleep']:>8.2f}"
+                  f"{m['mxnet'] / m['backend']:>8.2f}x{m['backend'] / m['bare']:>7.2f}x"
+                  f"{err:>9.1e}", flush=True)
+    print("(ms per forward, medians; 'spinning': the backend with ort_spinning=1; 'vs ORT': "
+          "backend time / ORT alone time, <= 1.05 is the goal)")
+
+
+def mixed_graphs() -> None:
+    header("Mixed graphs: resnet18_v1 batch 1 with ops left to MXNet; goals: >= 1.6x MXNet and "
+           "within 15% of the single-subgraph figure")
+    name, shape = "resnet18_v1", (1, 3, 224, 224)
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32))
+    plain = zoo_block(name, shape)
+    ref = plain(x).asnumpy()
+    cases = ("", "Pooling", "elemwise_add", "Activation")
+    variants: dict[str, Callable[[], object]] = {"mxnet": lambda: plain(x).wait_to_read()}
+    subgraphs: dict[str, int] = {}
+    errors: dict[str, float] = {}
+    for case in cases:
+        for spinning in ("0", "1"):
+            opts = {"ort_spinning": spinning, **({"exclude_ops": case} if case else {})}
+            with Recorder() as seen:
+                net = copy_of(plain, name, backend="TensorRT", backend_opts=opts)
+                errors[case] = max(errors.get(case, 0.0), rel_err(net(x).asnumpy(), ref))
+            subgraphs[case] = max(subgraphs.get(case, 0), len(seen.graphs))
+            variants[f"{case}/{spinning}"] = (lambda n: lambda: n(x).wait_to_read())(net)
+    times = interleaved(variants, rounds(5), 15)
+    m = {k: ms(v) for k, v in times.items()}
+    whole = m["/0"]
+    print(f"{'exclude_ops':<14}{'subgraphs':>10}{'sleeping ms':>12}{'vs MXNet':>9}{'vs whole':>9}"
+          f"{'spinning ms':>12}{'vs MXNet':>9}{'rel err':>9}")
+    for case in cases:
+        sleep, spin = m[f"{case}/0"], m[f"{case}/1"]
+        print(f"{case or '(none)':<14}{subgraphs[case]:>10}{sleep:>12.2f}{m['mxnet'] / sleep:>8.2f}x"
+              f"{sleep / whole:>8.2f}x{spin:>12.2f}{m['mxnet'] / spin:>8.2f}x{errors[case]:>9.1e}",
+              flush=True)
+    print(f"(MXNet {m['mxnet']:.2f} ms; 'sleeping': the default, ONNX Runtime's idle threads sleep; "
+          "'spinning': ort_spinning=1, ONNX Runtime's default and this backend's before issue 11)")
+
+
+def shared_parameters() -> None:
+    header("Shared parameters: the backend bound to the very arrays of a Gluon block that keeps "
+           "running (the seed's flow); goals: >= 1.8x MXNet, within 5% of bound copies")
+    print(f"{'net':<14}{'batch':>6}{'MXNet':>9}{'copies':>9}{'shared':>9}{'vs MXNet':>9}"
+          f"{'vs copies':>10}{'no fix':>9}{'1st after block':>16}{'rel err':>9}")
+    name = "resnet18_v1"
+    for batch in (1, 16):
+        shape = (batch, 3, 224, 224)
+        x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32))
+        net = zoo_block(name, shape)
+        sym, args, aux = symbol_of(net)
+        part = sym.optimize_for("TensorRT", args, aux, ctx=mx.cpu())
+        shared = part.bind(mx.cpu(), dict(args, data=x), aux_states=aux, grad_req="null")
+        copies = part.bind(mx.cpu(), {k: v.copy() for k, v in dict(args, data=x).items()},
+                           aux_states={k: v.copy() for k, v in aux.items()}, grad_req="null")
+
+        def run(ex: mx.executor.Executor) -> None:
+            ex.forward(is_train=False)
+            ex.outputs[0].wait_to_read()
+
+        def block_runs() -> None:  # its MKLDNN kernels put its weights in their own layout
+            net(x).wait_to_read()
+
+        run(shared)
+        err = rel_err(shared.outputs[0].asnumpy(), net(x).asnumpy())
+        calls = 15 if batch == 1 else 4
+        times = interleaved({"mxnet": block_runs, "copies": lambda: run(copies),
+                             "shared": lambda: run(shared)}, rounds(5), calls, block_runs)
+        first = []  # the first backend forward after the block ran: reorder once, re-hash
+        for _ in range(rounds(3)):
+            block_runs()
+            first.append(seconds(lambda: run(shared)))
+        held, layout.DefaultLayout.restore = layout.DefaultLayout.restore, lambda self: None
+        try:
+            unfixed = interleaved({"shared": lambda: run(shared)}, rounds(3), calls, block_runs)
+        finally:
+            layout.DefaultLayout.restore = held  # type: ignore[method-assign]
+        m = {k: ms(v) for k, v in times.items()}
+        print(f"{name:<14}{batch:>6}{m['mxnet']:>9.2f}{m['copies']:>9.2f}{m['shared']:>9.2f}"
+              f"{m['mxnet'] / m['shared']:>8.2f}x{m['shared'] / m['copies']:>9.2f}x"
+              f"{ms(unfixed['shared']):>9.2f}{ms(first):>16.2f}{err:>9.1e}", flush=True)
+    print("('no fix': the shared case without putting the weights back in the default layout, as "
+          "before issue 11; '1st after block': the first backend forward after the block's own, "
+          "which reorders the weights once and re-hashes them)")
+
+
+def extended_model() -> None:
+    header("The cached engine: ONNX Runtime's EXTENDED-optimised model loaded with ENABLE_ALL, vs "
+           "a session made from the exported ONNX; must not cost run time")
+    print(f"{'net':<14}{'batch':>6}{'from ONNX':>10}{'cached':>8}{'ratio':>7}{'same graph':>12}")
+    for name in ("resnet18_v1", "resnet50_v2"):
+        shape = (1, 3, 224, 224)
+        x = np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32)
+        plain = zoo_block(name, shape)
+        with Recorder() as seen, tempfile.TemporaryDirectory() as folder:
+            copy_of(plain, name, backend="TensorRT",
+                    backend_opts={"cache_dir": folder})(mx.nd.array(x)).wait_to_read()
+        source = seen.graphs[0]
+        with tempfile.TemporaryDirectory() as folder:
+            cached = OrtRuntime().build(source, [], [], mxtrt_backend.Options(), 0)
+            final = [os.path.join(folder, f"{i}.onnx") for i in range(2)]
+            for model, path in zip((source, cached), final):
+                so = ort.SessionOptions()
+                so.log_severity_level = 3
+                so.optimized_model_filepath = path
+                ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+            same = sorted(node_signatures(final[0])) == sorted(node_signatures(final[1]))
+        times = interleaved({"onnx": bare_session(source, x), "cached": bare_session(cached, x)},
+                            rounds(5), 20)
+        a, b = ms(times["onnx"]), ms(times["cached"])
+        print(f"{name:<14}{1:>6}{a:>10.2f}{b:>8.2f}{b / a:>6.2f}x{str(same):>12}", flush=True)
+    print("('same graph': both sessions end with the same multiset of nodes, attributes included,"
+          " after ONNX Runtime's ENABLE_ALL optimisations)")
+
+
+def node_signatures(path: str) -> list[tuple]:
+    graph = onnx.load(path).graph
+    return [(n.op_type, n.domain, tuple(sorted((a.name, str(onnx.helper.get_attribute_value(a)))
+                                                for a in n.attribute))) for n in graph.node]
 
 
 class Stopwatch:
     """Total time spent in one function, wherever (whichever thread) it is called from."""
 
-    def __init__(self, owner: object, name: str) -> None:
+    def __init__(self, owner: object, name: str, static: bool = False) -> None:
         self.total, self.calls = 0.0, 0
-        self.owner, self.name, self.original = owner, name, getattr(owner, name)
+        self.owner, self.name = owner, name
+        self.original = getattr(owner, name)
+        self.static = static
 
         def timed(*args: object) -> object:
             start = time.perf_counter()
@@ -87,13 +321,74 @@ class Stopwatch:
                 self.total += time.perf_counter() - start
                 self.calls += 1
 
-        setattr(owner, name, timed)
+        setattr(owner, name, staticmethod(timed) if static else timed)
 
     def us_per_call(self) -> float:
         return self.total / max(self.calls, 1) * 1e6
 
     def restore(self) -> None:
-        setattr(self.owner, self.name, self.original)
+        setattr(self.owner, self.name,
+                staticmethod(self.original) if self.static else self.original)
+
+
+def warm_start() -> None:
+    header("Warm start: bind to first output with a warm disk cache, in a fresh state (goal "
+           "<= 150 ms for resnet50_v2, 100 ms ideal); cold: nothing cached")
+    steps = (("export", export, "export_structure", False),
+             ("param digest", params.ParamTracker, "digest", False),
+             ("read+check file", EngineCache, "_read", True),
+             ("ORT session", OrtRuntime, "load", False),
+             ("first run", OrtEngine, "run", False))
+    print(f"{'net':<14}{'cold ms':>9}{'warm ms':>9}   warm start split (ms, medians)")
+    for name in ("resnet50_v2", "densenet121"):
+        shape = (1, 3, 224, 224)
+        sym, args, aux = symbol_of(zoo_block(name, shape))
+        args = {k: v.copy() for k, v in args.items()}
+        aux = {k: v.copy() for k, v in aux.items()}
+        x = mx.nd.zeros(shape)
+        part = sym.optimize_for("TensorRT", args, aux, ctx=mx.cpu())
+
+        def first_output() -> None:
+            ex = part.bind(mx.cpu(), dict(args, data=x), aux_states=aux, grad_req="null")
+            ex.forward(is_train=False)
+            ex.outputs[0].wait_to_read()
+
+        with tempfile.TemporaryDirectory() as cache, environ("MXTRT_CACHE_DIR", cache):
+            fresh_engines()
+            cold = seconds(first_output)
+            warm, split = [], []
+            for _ in range(rounds(5)):
+                fresh_engines()
+                watches = [Stopwatch(owner, attr, static) for _, owner, attr, static in steps]
+                try:
+                    warm.append(seconds(first_output))
+                finally:
+                    for w in watches:
+                        w.restore()
+                split.append([w.total * 1e3 for w in watches])
+        parts = np.median(np.array(split), axis=0)
+        rest = statistics.median(warm) * 1e3 - parts.sum()
+        print(f"{name:<14}{cold * 1e3:>9.0f}{ms(warm):>9.0f}   " + ", ".join(
+            f"{label} {t:.0f}" for (label, *_), t in zip(steps, parts)) + f", rest {rest:.0f}",
+            flush=True)
+    print("('rest': binding, partition-time work in MXNet, the executor and Python around the steps)")
+
+
+class environ:
+    """Set one environment variable for the duration of a with block."""
+
+    def __init__(self, key: str, value: str) -> None:
+        self.key, self.value = key, value
+
+    def __enter__(self) -> None:
+        self.previous = os.environ.get(self.key)
+        os.environ[self.key] = self.value
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is None:
+            del os.environ[self.key]
+        else:
+            os.environ[self.key] = self.previous
 
 
 def op_overhead() -> None:
@@ -118,56 +413,29 @@ def op_overhead() -> None:
     # forward (reading MXNet's arrays, checks, parameter fingerprint) against the engine alone.
     # The C library holds the callback it was given, so a timed one is installed for the run.
     in_op, in_engine = Stopwatch(callbacks, "_forward"), Stopwatch(OrtEngine, "run")
-    assert callbacks._ext is not None
-    installed = callbacks._ext._callbacks
+    ext = callbacks.extension()
+    installed = ext._callbacks
     timed = extension.FORWARD(callbacks._forward)
-    callbacks._ext.lib.mxtrt_set_callbacks(*installed[:3], timed, installed[4])
-    round_trip = time_calls(backend, repeat=3000, warmup=100)
-    callbacks._ext.lib.mxtrt_set_callbacks(*installed)
-    in_op.restore()
-    in_engine.restore()
-    mx_only = time_calls(plain, repeat=3000, warmup=100)
+    ext.lib.mxtrt_set_callbacks(*installed[:3], timed, installed[4])
+    try:
+        times = interleaved({"backend": backend}, 1, 300 if QUICK else 3000)
+    finally:
+        ext.lib.mxtrt_set_callbacks(*installed)
+        in_op.restore()
+        in_engine.restore()
+    times.update(interleaved({"plain": plain}, 1, 300 if QUICK else 3000))
     print(f"inside the op per forward:  {in_op.us_per_call():6.1f} us")
     print(f"of which the engine:        {in_engine.us_per_call():6.1f} us")
     print(f"op overhead (difference):   {in_op.us_per_call() - in_engine.us_per_call():6.1f} us")
-    print(f"whole executor forward + wait: backend {round_trip.median_ms * 1e3:.1f} us, plain MXNet "
-          f"{mx_only.median_ms * 1e3:.1f} us (adds MXNet's custom-op dispatch and the C -> Python "
-          f"call, which Python cannot time)")
-
-
-def partition_export_and_warm_start() -> None:
-    header("Partition + export time (goal <= 2 s); bind-to-first-output warm disk cache (goal <= 100 ms) vs cold")
-    print(f"{'net':<14}{'partition s':>12}{'export s':>10}{'cold ms':>10}{'warm ms':>10}")
-    for name in ("resnet50_v2", "densenet121"):
-        shape = (1, 3, 224, 224)
-        _, sym, args, aux = zoo_symbol(name, shape)
-        x = mx.nd.zeros(shape)
-        t_partition = seconds(lambda: sym.optimize_for("TensorRT", args, aux, ctx=mx.cpu()))
-        trt = sym.optimize_for("TensorRT", args, aux, ctx=mx.cpu())
-
-        def first_output() -> None:
-            ex = trt.bind(mx.cpu(), dict(args, data=x), aux_states=aux, grad_req="null")
-            ex.forward(is_train=False)
-            ex.outputs[0].wait_to_read()
-
-        with tempfile.TemporaryDirectory() as cache:
-            os.environ["MXTRT_CACHE_DIR"] = cache
-            forget_in_memory_caches()
-            t_export = seconds(lambda: trt.bind(mx.cpu(), dict(args, data=x), aux_states=aux,
-                                                grad_req="null"))
-            forget_in_memory_caches()
-            cold = seconds(first_output)
-            forget_in_memory_caches()
-            export._exported.clear()
-            warm = seconds(first_output)
-        print(f"{name:<14}{t_partition:>12.3f}{t_export:>10.3f}{cold * 1e3:>10.1f}{warm * 1e3:>10.1f}",
-              flush=True)
+    print(f"whole executor forward + wait: backend {ms(times['backend']) * 1e3:.1f} us, plain "
+          f"MXNet {ms(times['plain']) * 1e3:.1f} us (adds MXNet's custom-op dispatch and the C -> "
+          "Python call, which Python cannot time)")
 
 
 def partition_scaling() -> None:
     header("Partition time vs graph size (chains; every 10th node unsupported); must be linear")
     print(f"{'nodes':>7}{'total s':>10}{'us/node':>9}{'mxtrt s':>10}{'us/node':>9}")
-    for n in (100, 1_000, 3_000, 10_000):
+    for n in (100, 1_000, 3_000) if QUICK else (100, 1_000, 3_000, 10_000):
         x = mx.sym.var("data")
         for i in range(n):
             x = (mx.sym.softmax(x, name=f"s{i}") if i % 10 == 9
@@ -179,13 +447,40 @@ def partition_scaling() -> None:
             w.restore()
         print(f"{n:>7}{t:>10.3f}{t / n * 1e6:>9.1f}{mine:>10.3f}{mine / n * 1e6:>9.1f}", flush=True)
     print("(total includes MXNet's own partitioning, which copies a table of all nodes into a new\n"
-          " selector for every node it visits: quadratic in MXNet 1.9, see README)")
+          " selector for every node it visits: quadratic in MXNet 1.9)")
+
+
+SECTIONS: dict[str, Callable[[], None]] = {
+    "single": single_subgraph,
+    "mixed": mixed_graphs,
+    "shared": shared_parameters,
+    "extended": extended_model,
+    "warm": warm_start,
+    "overhead": op_overhead,
+    "partition": partition_scaling,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    global QUICK
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one round each: a smoke run")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections, of: {', '.join(SECTIONS)}")
+    args = parser.parse_args(argv)
+    QUICK = args.quick
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    print(f"machine: {os.cpu_count()} CPUs; mxnet {mx.__version__}; onnxruntime {ort.__version__}; "
+          f"python {sys.version.split()[0]}; {time.strftime('%Y-%m-%d %H:%M')}")
+    with tempfile.TemporaryDirectory() as cache, environ("MXTRT_CACHE_DIR", cache):
+        for name in chosen:
+            SECTIONS[name]()
+    print(f"\n(load average at the end {os.getloadavg()[0]:.1f})")
+    return 0
 
 
 if __name__ == "__main__":
-    print(f"machine: {os.cpu_count()} CPUs; mxnet {mx.__version__}; "
-          f"onnxruntime {__import__('onnxruntime').__version__}")
-    gluon_vs_backend()
-    op_overhead()
-    partition_export_and_warm_start()
-    partition_scaling()
+    sys.exit(main())
