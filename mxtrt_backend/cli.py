@@ -30,8 +30,10 @@ class Subcommand:
 
 
 SUBCOMMANDS = (
-    Subcommand("demo", "demo", "the bundled example: LeNet on scikit-learn's digits, plain MXNet vs "
-                               "the backend (accuracy, output difference, time per batch)"),
+    Subcommand("demo", "demo", "the bundled example, plain MXNet vs the backend: LeNet on "
+                               "scikit-learn's digits, too small to gain (accuracy, output "
+                               "difference, time per batch), then a model-zoo network where the "
+                               "engines pay off (bench's comparison)"),
     Subcommand("convert", "convert", "partition a checkpoint and build its engines into a folder "
                                      "that mxtrt_backend.load() runs without rebuilding"),
     Subcommand("inspect", "report", "what the partitioner converts in a checkpoint and why it "

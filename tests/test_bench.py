@@ -88,12 +88,18 @@ def test_command_errors_are_one_line(checkpoint, capsys, argv, words):
 
 def test_demo_on_the_cpu_context():
     run = subprocess.run([sys.executable, "-m", "mxtrt_backend", "demo", "--epochs", "1",
-                          "--ctx", "cpu"], capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ))
+                          "--ctx", "cpu", "--net", "mobilenet0.25", "--repeat", "3"],
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0].split() == ["run", "accuracy", "ms/batch"]
-    accuracies = [float(line.split()[-2]) for line in lines[1:3]]
+    table = lines.index(next(line for line in lines if line.startswith("1) LeNet")))
+    assert lines[table + 1].split() == ["run", "accuracy", "ms/batch"]
+    accuracies = [float(line.split()[-2]) for line in lines[table + 2:table + 4]]
     assert accuracies[0] == accuracies[1] > 0.2  # one epoch: well above chance (0.1)
-    assert lines[-1].startswith("speed-up: ") and lines[-1].endswith("x (batch 64, cpu)")
-    assert "runtime onnxruntime" in run.stderr  # the backend's engine ran on ONNX Runtime
+    speedups = [line for line in lines if line.startswith("speed-up: ")]
+    assert speedups[0].endswith("x (batch 64, cpu)") and speedups[1].endswith("x (batch 1, cpu)")
+    assert any("too small to gain" in line for line in lines)  # says why LeNet does not gain
+    zoo = lines.index(next(line for line in lines if line.startswith("2) mobilenet0.25")))
+    row = lines[zoo + 2].split()
+    assert row[:2] == ["fp32", "1"] and float(row[-1]) < 1e-4  # max|diff| of the zoo net
+    assert "runtime onnxruntime" in run.stderr  # the backend's engines ran on ONNX Runtime
