@@ -296,7 +296,8 @@ def _hook_reshape(original: Callable[..., Any]) -> Callable[..., Any]:
         executor._mxtrt_training = training
         if partitioned is not None:
             _in_source_order(executor, partitioned, self._symbol)
-        executor._mxtrt_layout = layout.of_executor(executor, partitioned or self._symbol)
+        bound = partitioned if partitioned is not None else self._symbol
+        executor._mxtrt_layout = layout.of_executor(executor, bound)
         return executor
 
     return reshape

@@ -19,6 +19,7 @@ from mxnet.gluon.model_zoo import vision
 
 from mxtrt_backend import cli, convert, demo, partition
 from mxtrt_backend.convert import BuiltFor, rebuild_notice
+from mxtrt_backend.engine.ort import cpu_key
 
 from helpers import random_params
 
@@ -63,7 +64,8 @@ def test_convert_then_run_in_new_processes_without_rebuilding(checkpoint, tmp_pa
     done = convert_in_a_process(checkpoint, out, tmp_path / "user-cache", 16)
     assert done.returncode == 0, done.stderr
     assert "building engines [#] 1/1" in done.stderr
-    assert f"1 engine(s) for onnxruntime {ort_version()} on cpu in {out / 'engines'}" in done.stdout
+    assert (f"1 engine(s) for onnxruntime {ort_version()} on {cpu_key()} in {out / 'engines'}"
+            in done.stdout)
     assert sorted(p.name for p in out.iterdir()) == [
         "engines", "model-0000.params", "model-symbol.json", "mxtrt.json"]
     assert [p.suffix for p in (out / "engines").iterdir()] == [".engine"]
@@ -103,10 +105,10 @@ def test_manifest_says_what_the_engines_are_for(checkpoint, tmp_path):
     manifest = json.loads((tmp_path / "out" / "mxtrt.json").read_text())
     assert manifest == {
         "format": 1, "ctx": "cpu",
-        "built_for": {"runtime": "onnxruntime", "version": ort_version(), "device": "cpu"},
+        "built_for": {"runtime": "onnxruntime", "version": ort_version(), "device": cpu_key()},
         "inputs": {"data": [4, 1, 8, 8], "softmax_label": [4]}, "options": {"ort_threads": "1"},
         "engines": sorted(p.name for p in (tmp_path / "out" / "engines").iterdir())}
-    assert result.built_for == BuiltFor("onnxruntime", ort_version(), "cpu")
+    assert result.built_for == BuiltFor("onnxruntime", ort_version(), cpu_key())
 
 
 def mxtrt(capsys, *argv: str) -> tuple[int, list[str]]:
@@ -256,8 +258,9 @@ def test_load_says_when_the_engines_will_be_rebuilt(checkpoint, tmp_path, caplog
     with caplog.at_level(logging.WARNING, logger="mxtrt"):
         convert.load(str(out))
     assert caplog.messages == [
-        f"mxtrt: the engines in {out} are for onnxruntime 1.0.0 on cpu; cpu has onnxruntime "
-        f"{ort_version()} on cpu: the first forward on cpu will rebuild them (then they are cached)"]
+        f"mxtrt: the engines in {out} are for onnxruntime 1.0.0 on {cpu_key()}; cpu has "
+        f"onnxruntime {ort_version()} on {cpu_key()}: the first forward on cpu will rebuild them "
+        "(then they are cached)"]
 
 
 @pytest.mark.parametrize("manifest", ["{not json", '{"ctx": "cpu"}', '{"ctx": "cpu", "built_for": 3}'])

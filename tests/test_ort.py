@@ -32,3 +32,58 @@ def test_spinning_setting_gives_another_engine_with_the_same_answer():
         assert rel_err(forward(part, args, aux, {"data": x})[0], ref) < 1e-4
     # Two subgraphs (the Pooling nodes stay in MXNet), one engine each per setting.
     assert ENGINES.lookups["built"] == 4
+
+
+def conv_reshape_graph() -> bytes:
+    """Conv (32 -> 32 channels: weights large enough to go apart) + Relu + Reshape (whose shape
+    input ONNX Runtime reads while loading the graph)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.RandomState(0)
+    weights = [numpy_helper.from_array(rng.uniform(-0.2, 0.2, (32, 32, 3, 3)).astype(np.float32),
+                                       "w"),
+               numpy_helper.from_array(rng.uniform(-0.2, 0.2, 32).astype(np.float32), "b"),
+               numpy_helper.from_array(np.array([1, -1], np.int64), "shape")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 32, 8, 8])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, 2048])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def test_engine_is_the_fully_optimised_graph_with_its_weights_apart():
+    """The CPU engine holds ONNX Runtime's CPU-specific optimisations and its large weights
+    outside the graph; loaded from a read-only view (as the cache maps its files), it computes
+    what the exported graph computes."""
+    import onnx
+
+    from mxtrt_backend.engine import TensorRef
+    from mxtrt_backend.engine.ort import OrtRuntime
+
+    source = conv_reshape_graph()
+    runtime, options = OrtRuntime(), resolve({}, environ={})
+    blob = runtime.build(source, ["x"], ["y"], options, 0)
+    (length,) = np.frombuffer(blob[:8], "<u8")
+    model = onnx.ModelProto()
+    model.ParseFromString(blob[8:8 + int(length)])
+    apart = {t.name: t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer}
+    assert sum(apart.values()) == 1 and apart["shape"] is False
+    x = np.random.RandomState(1).uniform(-1, 1, (1, 32, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    engine = runtime.load(memoryview(blob).toreadonly(), ["x"], ["y"], options, 0)
+    got = np.empty_like(want)
+    engine.run([TensorRef(x.ctypes.data, x.shape, x.dtype)],
+               [TensorRef(got.ctypes.data, got.shape, got.dtype)], 0)
+    assert rel_err(got, want) < 1e-5
+
+
+def test_cpu_engines_are_keyed_by_the_cpu_and_the_host_fallback_is_portable():
+    from mxtrt_backend.engine.ort import OrtRuntime, cpu_key
+    from mxtrt_backend.engine.staged import StagedOrtRuntime
+
+    assert OrtRuntime().device_key(0) == cpu_key() == cpu_key()
+    assert cpu_key().startswith("cpu-") and cpu_key() != "cpu"
+    assert StagedOrtRuntime().device_key(0) == "host"
+    assert OrtRuntime(portable=True).device_key(0) == "cpu"

@@ -12,7 +12,7 @@ import ctypes
 import hashlib
 import logging
 from abc import ABC, abstractmethod
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence, Union
 
 import numpy as np
 
@@ -47,11 +47,17 @@ class BuildRejected(RuntimeError):
     """The runtime cannot build this graph (TensorRT's parser refuses an op); its fallback may."""
 
 
+# A serialized engine: bytes when built, a read-only view of the cache file's mapping when read
+# from disk (a 100 MB engine is then neither read into memory nor copied before its runtime
+# takes what it needs).
+Blob = Union[bytes, memoryview]
+
+
 class Serialized(NamedTuple):
     """An engine as the cache stores it: its bytes, and the runtime (name, version) that built
     them and loads them: the runtime asked, or its fallback."""
 
-    data: bytes
+    data: Blob
     runtime: str
     version: str
 
@@ -77,7 +83,7 @@ class Runtime(ABC):
         """Build and serialize an engine for this ONNX graph."""
 
     @abstractmethod
-    def load(self, blob: bytes, input_names: Sequence[str], output_names: Sequence[str],
+    def load(self, blob: Blob, input_names: Sequence[str], output_names: Sequence[str],
              options: Options, device_id: int) -> Engine:
         """Deserialize an engine produced by ``build`` of the same runtime version."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import struct
 import tempfile
@@ -26,7 +27,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from filelock import FileLock
 
-from . import Engine, Serialized
+from . import Blob, Engine, Serialized
 
 log = logging.getLogger("mxtrt")
 
@@ -45,25 +46,25 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def pack(blob: bytes, runtime: str, version: str) -> bytes:
+def pack(blob: Blob, runtime: str, version: str) -> bytes:
     header = json.dumps({"format": FORMAT, "runtime": runtime, "version": version,
                          "size": len(blob), "crc32": zlib.crc32(blob)}).encode()
     return MAGIC + _HEADER_LEN.pack(len(header)) + header + blob
 
 
-def unpack(data: bytes, accepts: Mapping[str, str]) -> Serialized:
+def unpack(data: Blob, accepts: Mapping[str, str]) -> Serialized:
     """The entry, if it is intact and built by one of ``accepts`` (runtime name -> version)."""
-    if not data.startswith(MAGIC):
+    if bytes(data[:len(MAGIC)]) != MAGIC:
         raise CorruptEntry("not an mxtrt engine file (bad magic)")
     start = len(MAGIC) + _HEADER_LEN.size
     if len(data) < start:
         raise CorruptEntry("truncated header")
     (length,) = _HEADER_LEN.unpack_from(data, len(MAGIC))
     try:
-        header = json.loads(data[start:start + length])
+        header = json.loads(bytes(data[start:start + length]))
     except ValueError:
         raise CorruptEntry("unreadable header") from None
-    blob = data[start + length:]
+    blob = memoryview(data)[start + length:]
     found = {k: header.get(k) for k in ("format", "runtime", "version")}
     if found["format"] != FORMAT or accepts.get(found["runtime"]) != found["version"]:
         raise CorruptEntry(f"built by {found}, this process loads format {FORMAT} of "
@@ -176,7 +177,7 @@ class EngineCache:
     @staticmethod
     def _read(path: Path, accepts: Mapping[str, str], discard: bool = True) -> Serialized | None:
         try:
-            data = path.read_bytes()
+            data = _mapped(path)
         except FileNotFoundError:
             return None
         try:
@@ -197,6 +198,15 @@ class EngineCache:
         except OSError as err:
             log.warning("mxtrt: could not write engine cache file %s (%s); keeping the engine in "
                         "memory only", path, err)
+
+
+def _mapped(path: Path) -> Blob:
+    """The file's bytes as a read-only memory mapping: nothing is read before it is used. Entries
+    are replaced by rename, never rewritten in place, so a mapping keeps the file it opened."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""
+        return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -1,22 +1,34 @@
 """ONNX Runtime: the runtime of CPU contexts.
 
-Its serialized engine is the ONNX model as ONNX Runtime saves it after its hardware-independent
-("extended") graph optimisations, for this ONNX Runtime version (part of the cache key): loading
-it skips those again (resnet50_v2: 0.2 s instead of 0.37 s) and only the layout optimisations
-that depend on the CPU run at load. Inputs and outputs are bound to MXNet's buffers by address
-(IOBinding), so nothing is copied.
+Its serialized engine is the model as ONNX Runtime saves it after all its graph optimisations,
+the CPU-specific ones included (NCHWc layouts with this CPU's block size, weights reordered for
+them), with the weights stored apart from the graph. Loading it runs no optimisation again and
+hands the weights to the session as they are: resnet50_v2's session takes about 50 ms of CPU
+instead of 180 ms (docs/benchmarks.md). Because the model fits this CPU only, the cache key
+holds the CPU's instruction-set extensions, and this ONNX Runtime version.
+
+The host fallback of GPU contexts (``staged``) keeps a portable engine instead: the model after
+ONNX Runtime's hardware-independent ("extended") optimisations, the layout ones run at load.
+
+Inputs and outputs are bound to MXNet's buffers by address (IOBinding), so nothing is copied.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import platform
+import struct
 import tempfile
 import threading
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+import onnx
 import onnxruntime as ort
 
 from ..config import Options
-from . import Engine, Runtime, TensorRef
+from . import Blob, Engine, Runtime, TensorRef
 
 
 class OrtEngine(Engine):
@@ -55,21 +67,39 @@ class OrtRuntime(Runtime):
     name = "onnxruntime"
     title = "ONNX Runtime on the CPU"
 
+    # Engines that any CPU loads: the GPU contexts' host fallback's, whose cache key names the
+    # GPU, not this CPU.
+    portable = False
+
+    def __init__(self, portable: bool = False) -> None:
+        self.portable = portable
+
     def version(self) -> str:
         return ort.__version__
+
+    def device_key(self, device_id: int) -> str:
+        return "cpu" if self.portable else cpu_key()
 
     def build(self, onnx_bytes: bytes, input_names: Sequence[str], output_names: Sequence[str],
               options: Options, device_id: int) -> bytes:
         # Creating the session also validates the graph before anything is cached.
+        level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if self.portable
+                 else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         with tempfile.TemporaryDirectory(prefix="mxtrt-ort-") as folder:
             saved = Path(folder) / "optimized.onnx"
-            self._session(onnx_bytes, options, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                          saved)
-            return saved.read_bytes()
+            self._session(onnx_bytes, options, level, saved)
+            return saved.read_bytes() if self.portable else split_weights(onnx.load(saved))
 
-    def load(self, blob: bytes, input_names: Sequence[str], output_names: Sequence[str],
+    def load(self, blob: Blob, input_names: Sequence[str], output_names: Sequence[str],
              options: Options, device_id: int) -> Engine:
-        session = self._session(blob, options, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        if self.portable:
+            session = self._session(bytes(blob), options,
+                                    ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        else:
+            graph, names, values = joined_weights(blob)
+            so = session_options(options, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+            so.add_external_initializers(names, values)  # ONNX Runtime copies them
+            session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
         return OrtEngine(session, input_names, output_names)
 
     @staticmethod
@@ -93,3 +123,83 @@ def session_options(options: Options, level: ort.GraphOptimizationLevel) -> ort.
                                 "1" if options.ort_spinning else "0")
     so.log_severity_level = 3
     return so
+
+
+# The instruction-set extensions ONNX Runtime's kernels and CPU-specific optimisations choose by.
+_ISA_PREFIXES = ("sse", "ssse", "avx", "fma", "f16c", "amx", "asimd", "sve", "neon")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_key() -> str:
+    """The CPU as far as a fully optimised ONNX Runtime model depends on it (part of the cache
+    key): its architecture and instruction-set extensions. A CPU whose flags cannot be read gets
+    a key of its own: its engines are rebuilt, never shared."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            isa = sorted(f for f in value.split() if f.startswith(_ISA_PREFIXES))
+            digest = hashlib.sha256(" ".join(isa).encode()).hexdigest()[:16]
+            return f"cpu-{platform.machine()}-{digest}"
+    return f"cpu-{platform.machine()}-{platform.processor() or platform.node()}"
+
+
+# A specialised engine: the graph's length, the graph (large initializers as external data,
+# offsets into the weights), the weights, each 64-byte aligned within them.
+_GRAPH_LENGTH = struct.Struct("<Q")
+_WEIGHTS = "mxtrt-weights"  # the external-data location: never a file, always handed over
+_ALIGN = 64
+# Smaller initializers stay in the graph: ONNX Runtime's shape inference reads some (the shape
+# input of Reshape) while it loads the graph, before external initializers are handed over.
+_INLINE_BELOW = 4096
+
+
+def split_weights(model: onnx.ModelProto) -> bytes:
+    """The engine bytes of an optimised model: its graph apart from its weights."""
+    weights = bytearray()
+    for tensor in model.graph.initializer:
+        data = onnx.numpy_helper.to_array(tensor).tobytes()
+        if len(data) < _INLINE_BELOW:
+            continue
+        weights += bytes(-len(weights) % _ALIGN)
+        offset = len(weights)
+        weights += data
+        tensor.ClearField("raw_data")
+        for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data",
+                      "string_data"):
+            tensor.ClearField(field)
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        for key, value in (("location", _WEIGHTS), ("offset", str(offset)),
+                           ("length", str(len(data)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    graph = model.SerializeToString()
+    return _GRAPH_LENGTH.pack(len(graph)) + graph + bytes(weights)
+
+
+def joined_weights(blob: Blob) -> tuple[bytes, list[str], list[ort.OrtValue]]:
+    """The graph of ``split_weights``'s bytes, and its weights as views into ``blob``."""
+    (length,) = _GRAPH_LENGTH.unpack_from(blob)
+    start = _GRAPH_LENGTH.size
+    graph = bytes(memoryview(blob)[start:start + length])
+    weights = memoryview(blob)[start + length:]
+    model = onnx.ModelProto()
+    model.ParseFromString(graph)
+    names, values = [], []
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        where = {entry.key: entry.value for entry in tensor.external_data}
+        if where.get("location") != _WEIGHTS:
+            raise ValueError(f"initializer {tensor.name!r} of a cached ONNX Runtime engine has no "
+                             "weights in the engine")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        count = int(np.prod(tensor.dims, dtype=np.int64))
+        array = np.frombuffer(weights, dtype, count, int(where["offset"])).reshape(tensor.dims)
+        names.append(tensor.name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(array))
+    return graph, names, values

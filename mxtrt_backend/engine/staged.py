@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ..config import Options
-from . import DeviceRuntime, Engine, TensorRef, cuda
+from . import Blob, DeviceRuntime, Engine, TensorRef, cuda
 from .ort import OrtRuntime
 
 
@@ -39,7 +39,7 @@ class StagedOrtRuntime(DeviceRuntime):
     title = "ONNX Runtime on the host, copying inputs and outputs (slow)"
 
     def __init__(self) -> None:
-        self._ort = OrtRuntime()
+        self._ort = OrtRuntime(portable=True)
 
     def version(self) -> str:
         return self._ort.version()
@@ -51,6 +51,6 @@ class StagedOrtRuntime(DeviceRuntime):
               options: Options, device_id: int) -> bytes:
         return self._ort.build(onnx_bytes, input_names, output_names, options, device_id)
 
-    def load(self, blob: bytes, input_names: Sequence[str], output_names: Sequence[str],
+    def load(self, blob: Blob, input_names: Sequence[str], output_names: Sequence[str],
              options: Options, device_id: int) -> Engine:
         return StagedEngine(self._ort.load(blob, input_names, output_names, options, device_id))
