@@ -25,6 +25,7 @@ from mxnet.gluon.model_zoo import vision
 
 import mxtrt_backend  # noqa: F401  registers the backend
 from mxtrt_backend import callbacks, export, extension, layout, params, partition
+from mxtrt_backend.engine import TensorRef
 from mxtrt_backend.engine.cache import ENGINES, EngineCache
 from mxtrt_backend.engine.ort import OrtEngine, OrtRuntime
 
@@ -40,21 +41,34 @@ def rounds(normal: int) -> int:
     return 1 if QUICK else normal
 
 
+# CPU seconds (all threads of this process) per call of the variants last timed by
+# `interleaved`: the work done, which load from other processes disturbs less than wall time.
+CPU: dict[str, list[float]] = {}
+
+
 def interleaved(variants: Mapping[str, Callable[[], object]], rounds: int, calls: int,
                 before_round: Callable[[], object] | None = None) -> dict[str, list[float]]:
     """Seconds per call of each variant: ``rounds`` rounds, each running every variant ``calls``
-    times in turn (after one untimed call)."""
+    times in turn (after one untimed call). CPU seconds go to ``CPU``."""
     times: dict[str, list[float]] = {name: [] for name in variants}
+    CPU.clear()
+    CPU.update({name: [] for name in variants})
     for _ in range(rounds):
         for name, call in variants.items():
             if before_round is not None:
                 before_round()
             call()
             for _ in range(calls):
-                start = time.perf_counter()
+                start, used = time.perf_counter(), time.process_time()
                 call()
                 times[name].append(time.perf_counter() - start)
+                CPU[name].append(time.process_time() - used)
     return times
+
+
+def cpu_line(labels: Mapping[str, str]) -> str:
+    """Median CPU ms per call of the variants last timed, under the given labels."""
+    return "   cpu ms: " + ", ".join(f"{label} {ms(CPU[name]):.2f}" for name, label in labels.items())
 
 
 def ms(samples: list[float]) -> float:
@@ -122,11 +136,12 @@ class Recorder:
         OrtRuntime.build = self._original  # type: ignore[method-assign]
 
 
-def bare_session(onnx_bytes: bytes, x: np.ndarray, config: Mapping[str, str] = {}
-                 ) -> Callable[[], None]:
+def bare_session(onnx_bytes: bytes, x: np.ndarray, config: Mapping[str, str] = {},
+                 threads: int = 0) -> Callable[[], None]:
     """ONNX Runtime alone on a graph: its default options, input and output bound once."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.intra_op_num_threads = threads
     for key, value in config.items():
         so.add_session_config_entry(key, value)
     session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
@@ -186,6 +201,8 @@ def single_subgraph() -> None:
                   f"{m['spinning']:>9.2f}{m['bare']:>10.2f}{m['bare_sleep']:>8.2f}"
                   f"{m['mxnet'] / m['backend']:>8.2f}x{m['backend'] / m['bare']:>7.2f}x"
                   f"{err:>9.1e}", flush=True)
+            print(cpu_line({"mxnet": "MXNet", "backend": "backend", "spinning": "spinning",
+                            "bare": "ORT alone", "bare_sleep": "sleep"}))
     print("(ms per forward, medians; 'spinning': the backend with ort_spinning=1; 'vs ORT': "
           "backend time / ORT alone time, <= 1.05 is the goal)")
 
@@ -211,14 +228,15 @@ def mixed_graphs() -> None:
             variants[f"{case}/{spinning}"] = (lambda n: lambda: n(x).wait_to_read())(net)
     times = interleaved(variants, rounds(5), 15)
     m = {k: ms(v) for k, v in times.items()}
+    cpu = {k: ms(v) for k, v in CPU.items()}
     whole = m["/0"]
     print(f"{'exclude_ops':<14}{'subgraphs':>10}{'sleeping ms':>12}{'vs MXNet':>9}{'vs whole':>9}"
-          f"{'spinning ms':>12}{'vs MXNet':>9}{'rel err':>9}")
+          f"{'spinning ms':>12}{'vs MXNet':>9}{'cpu sleep/spin':>16}{'rel err':>9}")
     for case in cases:
         sleep, spin = m[f"{case}/0"], m[f"{case}/1"]
         print(f"{case or '(none)':<14}{subgraphs[case]:>10}{sleep:>12.2f}{m['mxnet'] / sleep:>8.2f}x"
-              f"{sleep / whole:>8.2f}x{spin:>12.2f}{m['mxnet'] / spin:>8.2f}x{errors[case]:>9.1e}",
-              flush=True)
+              f"{sleep / whole:>8.2f}x{spin:>12.2f}{m['mxnet'] / spin:>8.2f}x"
+              f"{cpu[f'{case}/0']:>8.1f}/{cpu[f'{case}/1']:<7.1f}{errors[case]:>9.1e}", flush=True)
     print(f"(MXNet {m['mxnet']:.2f} ms; 'sleeping': the default, ONNX Runtime's idle threads sleep; "
           "'spinning': ort_spinning=1, ONNX Runtime's default and this backend's before issue 11)")
 
@@ -251,6 +269,7 @@ def shared_parameters() -> None:
         calls = 15 if batch == 1 else 4
         times = interleaved({"mxnet": block_runs, "copies": lambda: run(copies),
                              "shared": lambda: run(shared)}, rounds(5), calls, block_runs)
+        main_cpu = cpu_line({"mxnet": "MXNet", "copies": "copies", "shared": "shared"}).strip()
         first = []  # the first backend forward after the block ran: reorder once, re-hash
         for _ in range(rounds(3)):
             block_runs()
@@ -264,15 +283,19 @@ def shared_parameters() -> None:
         print(f"{name:<14}{batch:>6}{m['mxnet']:>9.2f}{m['copies']:>9.2f}{m['shared']:>9.2f}"
               f"{m['mxnet'] / m['shared']:>8.2f}x{m['shared'] / m['copies']:>9.2f}x"
               f"{ms(unfixed['shared']):>9.2f}{ms(first):>16.2f}{err:>9.1e}", flush=True)
+        print(cpu_line({"shared": "no fix"}) + "; " + main_cpu)
     print("('no fix': the shared case without putting the weights back in the default layout, as "
           "before issue 11; '1st after block': the first backend forward after the block's own, "
           "which reorders the weights once and re-hashes them)")
 
 
-def extended_model() -> None:
-    header("The cached engine: ONNX Runtime's EXTENDED-optimised model loaded with ENABLE_ALL, vs "
-           "a session made from the exported ONNX; must not cost run time")
-    print(f"{'net':<14}{'batch':>6}{'from ONNX':>10}{'cached':>8}{'ratio':>7}{'same graph':>12}")
+def cached_engine() -> None:
+    header("The cached engine vs a session made from the exported ONNX; must not cost run time")
+    print("   'engine': the CPU engine as cached now (ENABLE_ALL model, weights handed over, "
+          "DISABLE_ALL at load); 'extended': the engine before issue 11 (EXTENDED model, "
+          "ENABLE_ALL at load)")
+    print(f"{'net':<14}{'batch':>6}{'from ONNX':>10}{'engine':>8}{'ratio':>7}{'extended':>10}"
+          f"{'ratio':>7}{'same graph':>12}")
     for name in ("resnet18_v1", "resnet50_v2"):
         shape = (1, 3, 224, 224)
         x = np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32)
@@ -281,21 +304,31 @@ def extended_model() -> None:
             copy_of(plain, name, backend="TensorRT",
                     backend_opts={"cache_dir": folder})(mx.nd.array(x)).wait_to_read()
         source = seen.graphs[0]
+        options = mxtrt_backend.Options()
         with tempfile.TemporaryDirectory() as folder:
-            cached = OrtRuntime().build(source, [], [], mxtrt_backend.Options(), 0)
+            extended = OrtRuntime(portable=True).build(source, [], [], options, 0)
             final = [os.path.join(folder, f"{i}.onnx") for i in range(2)]
-            for model, path in zip((source, cached), final):
+            for model, path in zip((source, extended), final):
                 so = ort.SessionOptions()
                 so.log_severity_level = 3
                 so.optimized_model_filepath = path
                 ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
             same = sorted(node_signatures(final[0])) == sorted(node_signatures(final[1]))
-        times = interleaved({"onnx": bare_session(source, x), "cached": bare_session(cached, x)},
-                            rounds(5), 20)
-        a, b = ms(times["onnx"]), ms(times["cached"])
-        print(f"{name:<14}{1:>6}{a:>10.2f}{b:>8.2f}{b / a:>6.2f}x{str(same):>12}", flush=True)
-    print("('same graph': both sessions end with the same multiset of nodes, attributes included,"
-          " after ONNX Runtime's ENABLE_ALL optimisations)")
+        runtime = OrtRuntime()
+        engine = runtime.load(runtime.build(source, [], [], options, 0), ["data0"],
+                              [ort.InferenceSession(source).get_outputs()[0].name], options, 0)
+        out = np.empty(ort.InferenceSession(source).run(None, {"data0": x})[0].shape, np.float32)
+        refs = ([TensorRef(x.ctypes.data, x.shape, x.dtype)],
+                [TensorRef(out.ctypes.data, out.shape, out.dtype)])
+        sleep = {"session.intra_op.allow_spinning": "0"}
+        times = interleaved({"onnx": bare_session(source, x, sleep),
+                             "engine": lambda: engine.run(*refs, 0),
+                             "extended": bare_session(extended, x, sleep)}, rounds(5), 20)
+        a, b, c = ms(times["onnx"]), ms(times["engine"]), ms(times["extended"])
+        print(f"{name:<14}{1:>6}{a:>10.2f}{b:>8.2f}{b / a:>6.2f}x{c:>10.2f}{c / a:>6.2f}x"
+              f"{str(same):>12}", flush=True)
+    print("(all with sleeping threads; 'same graph': the extended model and the ONNX end with the "
+          "same multiset of nodes, attributes included, after ONNX Runtime's ENABLE_ALL)")
 
 
 def node_signatures(path: str) -> list[tuple]:
@@ -454,7 +487,7 @@ SECTIONS: dict[str, Callable[[], None]] = {
     "single": single_subgraph,
     "mixed": mixed_graphs,
     "shared": shared_parameters,
-    "extended": extended_model,
+    "engine": cached_engine,
     "warm": warm_start,
     "overhead": op_overhead,
     "partition": partition_scaling,
