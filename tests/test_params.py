@@ -103,3 +103,22 @@ def test_weights_in_their_slots_stay_baked_however_often_they_change():
     for step in range(5):
         assert t.changed(refs(buffers, [step, 1, 1])) or step == 0
     assert t.baked == (0, 1, 2)
+
+
+def test_large_parameters_hashed_in_two_halves_still_tell_every_byte():
+    """Above 16 MB two threads hash the halves: equal values give equal digests, a change in
+    either half another digest. (Each call has new versions, as MXNet gives written arrays.)"""
+    rng = np.random.RandomState(7)
+    big = [rng.uniform(-1, 1, (3, 1 << 20)).astype("f") for _ in range(2)]  # 2 x 12 MB
+    versions = iter(range(1, 100))
+
+    def digest(buffers):
+        v = next(versions)
+        return ParamTracker(RUNTIME, "structure", (0, 1)).digest(refs(buffers, [v, v]))
+
+    first = digest(big)
+    assert digest([b.copy() for b in big]) == first
+    for which in (0, 1):
+        changed = [b.copy() for b in big]
+        changed[which][2, -1] += 1.0
+        assert digest(changed) != first

@@ -131,6 +131,10 @@ class Runtime(ABC):
         it; a runtime whose engines serve a range of shapes leaves out what varies within it."""
         return hashlib.sha256(onnx_bytes).hexdigest()
 
+    # Whether ``to_host`` is a view of the tensor, readable from any thread (hashing parameters
+    # then uses two threads).
+    host_memory = True
+
     def to_host(self, ref: TensorRef) -> np.ndarray:
         """The value of a tensor of this runtime's device, readable by the host (parameters to
         bake into the engine)."""
@@ -149,6 +153,8 @@ SAMPLE_VALUES = 64
 
 class DeviceRuntime(Runtime):
     """A runtime whose tensors live in GPU memory: reading them goes through CUDA copies."""
+
+    host_memory = False
 
     def to_host(self, ref: TensorRef) -> np.ndarray:
         from . import cuda
