@@ -116,12 +116,17 @@ def symbol_of(net: mx.gluon.HybridBlock) -> tuple[mx.sym.Symbol, dict, dict]:
 
 
 class Recorder:
-    """The ONNX graphs the backend hands to ONNX Runtime's build, recorded while active."""
+    """The ONNX graphs the backend hands to ONNX Runtime's build, recorded while active. Engines
+    are built afresh meanwhile (empty memory cache, a cache folder of its own)."""
 
     def __init__(self) -> None:
         self.graphs: list[bytes] = []
 
     def __enter__(self) -> "Recorder":
+        ENGINES.clear_memory()
+        self._folder = tempfile.TemporaryDirectory()
+        self._cache = environ("MXTRT_CACHE_DIR", self._folder.name)
+        self._cache.__enter__()
         self._original = OrtRuntime.build
         graphs = self.graphs
 
@@ -134,6 +139,8 @@ class Recorder:
 
     def __exit__(self, *exc: object) -> None:
         OrtRuntime.build = self._original  # type: ignore[method-assign]
+        self._cache.__exit__()
+        self._folder.cleanup()
 
 
 def bare_session(onnx_bytes: bytes, x: np.ndarray, config: Mapping[str, str] = {},
@@ -327,6 +334,7 @@ def cached_engine() -> None:
         a, b, c = ms(times["onnx"]), ms(times["engine"]), ms(times["extended"])
         print(f"{name:<14}{1:>6}{a:>10.2f}{b:>8.2f}{b / a:>6.2f}x{c:>10.2f}{c / a:>6.2f}x"
               f"{str(same):>12}", flush=True)
+        print(cpu_line({"onnx": "from ONNX", "engine": "engine", "extended": "extended"}))
     print("(all with sleeping threads; 'same graph': the extended model and the ONNX end with the "
           "same multiset of nodes, attributes included, after ONNX Runtime's ENABLE_ALL)")
 
