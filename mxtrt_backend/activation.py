@@ -153,18 +153,19 @@ def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
 # --- Symbol API: binding ----------------------------------------------------------------------
 
 
-def _backend_symbol(sym: Any) -> tuple[bool, list[str]]:
+def _backend_symbol(sym: Any) -> tuple[bool, list[str], list[dict]]:
     """Whether ``sym`` is the backend's (made by optimize_for('TensorRT'), or holding `_TensorRT`
-    nodes, e.g. loaded from a file), and the nodes of its subgraphs that compute differently in
-    training."""
+    nodes, e.g. loaded from a file), the nodes of its subgraphs that compute differently in
+    training, and its graph's nodes (empty without `_TensorRT` nodes)."""
     text = sym.tojson()
     if OP_NAME not in text:
-        return isinstance(sym, PartitionedSymbol), []
+        return isinstance(sym, PartitionedSymbol), [], []
+    nodes = json.loads(text)["nodes"]
     found: list[str] = []
-    for node in json.loads(text)["nodes"]:
+    for node in nodes:
         if node["op"] == OP_NAME:
             found += json.loads(node.get("attrs", {}).get(partition.ATTR_TRAINING, "[]"))
-    return True, found
+    return True, found, nodes
 
 
 def _fill_given(executor: Any, partitioned: Any, shared_buffer: Mapping[str, Any] | None) -> None:
@@ -236,7 +237,7 @@ def _hook_binder(original: Callable[..., Any], plan: Plan) -> Callable[..., Any]
         types = plan(self, call.arguments) if enabled() else None
         partitioned = self if types is None else self.optimize_for(
             BACKEND, ctx=call.arguments["ctx"], **types)
-        ours, training = _backend_symbol(partitioned)
+        ours, training, nodes = _backend_symbol(partitioned)
         if not ours:
             return original(self, *args, **kwargs)
         call.arguments["self"] = partitioned
@@ -247,7 +248,7 @@ def _hook_binder(original: Callable[..., Any], plan: Plan) -> Callable[..., Any]
         if fills:
             _fill_given(executor, partitioned, shared_buffer)
         executor._mxtrt_training = training
-        executor._mxtrt_layout = layout.of_executor(executor, partitioned)
+        executor._mxtrt_layout = layout.of_executor(executor, nodes)
         return executor
 
     return binder
@@ -297,7 +298,7 @@ def _hook_reshape(original: Callable[..., Any]) -> Callable[..., Any]:
         if partitioned is not None:
             _in_source_order(executor, partitioned, self._symbol)
         bound = partitioned if partitioned is not None else self._symbol
-        executor._mxtrt_layout = layout.of_executor(executor, bound)
+        executor._mxtrt_layout = layout.of_executor(executor, _backend_symbol(bound)[2])
         return executor
 
     return reshape

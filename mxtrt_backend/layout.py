@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import ctypes
 import json
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from . import callbacks, partition
 
 
-def baked_names(symbol: Any) -> frozenset[str]:
-    """The symbol's variables that only `_TensorRT` nodes read, as parameters they bake."""
+def baked_names(nodes: Sequence[dict]) -> frozenset[str]:
+    """The variables of a graph (its nodes as in ``Symbol.tojson()``) that only `_TensorRT`
+    nodes read, as parameters they bake."""
     from .activation import OP_NAME  # activation imports this module
 
-    nodes = json.loads(symbol.tojson())["nodes"]
     baked: set[str] = set()
     read_by_mxnet: set[str] = set()
     for node in nodes:
@@ -59,9 +59,10 @@ class DefaultLayout:
             callbacks.extension().default_layouts(self._handles, len(self._arrays))
 
 
-def of_executor(executor: Any, symbol: Any) -> DefaultLayout:
-    """The arrays of ``executor``, bound from ``symbol``, that only its subgraphs read."""
-    names = baked_names(symbol)
+def of_executor(executor: Any, nodes: Sequence[dict]) -> DefaultLayout:
+    """The arrays of ``executor``, bound from a graph of these nodes, that only its subgraphs
+    read."""
+    names = baked_names(nodes)
     arrays = {**executor.arg_dict, **executor.aux_dict}
     return DefaultLayout(arrays[name] for name in sorted(names) if name in arrays)
 
@@ -69,6 +70,6 @@ def of_executor(executor: Any, symbol: Any) -> DefaultLayout:
 def of_block(block: Any) -> DefaultLayout:
     """The parameters of a Gluon block, hybridized with the backend, that only its subgraphs
     read (every context's copy)."""
-    names = baked_names(block._cached_graph[1])
+    names = baked_names(json.loads(block._cached_graph[1].tojson())["nodes"])
     params = [p for is_data, p in block._cached_op_args if not is_data and p.name in names]
     return DefaultLayout(array for p in params for array in p.list_data())
