@@ -1,0 +1,254 @@
+"""`serve`: a checkpoint or a `convert` folder behind NVIDIA Triton Inference Server (PyTriton).
+
+PyTriton starts a real ``tritonserver`` (HTTP, gRPC, Prometheus metrics, dynamic batcher) whose
+Python-backend model forwards each batch to this process, where one `Predictor` per model
+instance runs MXNet with the TensorRT backend. Every engine is built (or loaded from the cache)
+before the server starts, so it reports ready only when no request will wait for a build.
+SIGINT and SIGTERM stop it: in-flight requests get ``--exit-timeout`` seconds to finish, then
+tritonserver and its stub processes end with this process.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import sysconfig
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .config import OptionError
+from .convert import parse_input, parse_options
+from .predictor import Predictor, ServeError, Signature, load_model, signature
+
+# Restricted to clients holding the server's token (PyTriton generates one per run): loading and
+# unloading models, shared-memory registration, tracing and log settings. Health, metadata,
+# inference and statistics stay open.
+RESTRICTED_ENDPOINTS = ["shared-memory", "model-repository", "trace", "logging"]
+
+Device = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What `serve` and `export-triton` share: the model, its shapes and how it is batched."""
+
+    source: str
+    epoch: int | None
+    shapes: dict[str, tuple[int, ...]]
+    options: dict[str, str]
+    devices: tuple[Device, ...]  # one model instance each
+    max_batch: int
+    max_queue_delay_us: int
+    name: str | None
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    exit_timeout: int
+    log_file: Path
+
+
+def parse_devices(text: str, instances: int) -> tuple[Device, ...]:
+    """``cpu`` or ``gpu:0,1,...``: ``instances`` model instances on each device listed."""
+    kind, _, ids = text.partition(":")
+    if instances < 1:
+        raise ServeError(f"--instances must be >= 1, not {instances}")
+    if kind == "cpu" and not ids:
+        return (("cpu", 0),) * instances
+    if kind == "gpu":
+        try:
+            gpus = [int(i) for i in ids.split(",")] if ids else [0]
+        except ValueError:
+            gpus = []
+        if gpus and all(g >= 0 for g in gpus) and len(set(gpus)) == len(gpus):
+            return tuple(("gpu", g) for g in gpus for _ in range(instances))
+    raise ServeError(f"--ctx {text!r} is not understood: give cpu, or gpu:0 / gpu:0,1,... "
+                     "(one instance per GPU listed)")
+
+
+def model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="checkpoint prefix (PREFIX-symbol.json, PREFIX-EPOCH.params)"
+                                       ", or a folder written by `convert` (then no EPOCH)")
+    parser.add_argument("epoch", type=int, nargs="?", help="checkpoint epoch")
+    parser.add_argument("--shape", action="append", type=parse_input, default=[],
+                        metavar="[NAME:]D1,D2,...",
+                        help="one sample's shape, without the batch: 3,224,224 (input 'data', "
+                             "or the model's only input) or NAME:3,224,224; one per input")
+    parser.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="backend option, e.g. -o ort_threads=2; repeatable")
+    parser.add_argument("--ctx", default="cpu", help="cpu, or gpu:0,1,... (one instance per GPU)")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="model instances per device (default 1)")
+    parser.add_argument("--max-batch-size", type=int, default=8,
+                        help="largest batch the dynamic batcher forms (default 8)")
+    parser.add_argument("--max-queue-delay-us", type=int, default=100,
+                        help="how long a request may wait for others to batch with (default 100)")
+    parser.add_argument("--name", help="model name in Triton (default: the checkpoint's name)")
+
+
+def model_settings(args: argparse.Namespace) -> ModelSettings:
+    if args.max_batch_size < 1:
+        raise ServeError(f"--max-batch-size must be >= 1, not {args.max_batch_size}")
+    if args.max_queue_delay_us < 0:
+        raise ServeError(f"--max-queue-delay-us must be >= 0, not {args.max_queue_delay_us}")
+    return ModelSettings(args.source, args.epoch, dict(args.shape), parse_options(args.option),
+                         parse_devices(args.ctx, args.instances), args.max_batch_size,
+                         args.max_queue_delay_us, args.name)
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for every "
+                             "interface, e.g. in a container)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--exit-timeout", type=int, default=5,
+                        help="seconds in-flight requests get to finish at shutdown (default 5)")
+    parser.add_argument("--log-file", type=Path,
+                        help="Triton's own log (default: a file in the temporary folder)")
+
+
+def server_settings(args: argparse.Namespace) -> ServerSettings:
+    log_file = args.log_file or Path(tempfile.gettempdir()) / f"mxtrt-serve-{os.getpid()}.log"
+    ports = {"--http-port": args.http_port, "--grpc-port": args.grpc_port,
+             "--metrics-port": args.metrics_port}
+    if len(set(ports.values())) != len(ports):
+        raise ServeError(f"the ports must differ: {ports}")
+    for flag, port in ports.items():
+        _check_port_free(args.host, port, flag)
+    return ServerSettings(args.host, args.http_port, args.grpc_port, args.metrics_port,
+                          args.exit_timeout, log_file)
+
+
+def _check_port_free(host: str, port: int, flag: str) -> None:
+    """tritonserver exits on a taken port; saying so here is clearer than its log. SO_REUSEADDR
+    as servers set it: connections of a previous server still closing do not count."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise ServeError(f"cannot listen on {host}:{port} ({err.strerror}): choose another "
+                             f"port with {flag}") from None
+
+
+def python_backend_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` for tritonserver with this interpreter's libpython first on the library path.
+
+    Triton's Python-backend stub links ``libpython3.X.so.1.0`` through the system linker. When
+    this interpreter is not the system's (pyenv, conda), the linker finds the system's copy of
+    another patch release, and model start fails with "'_thread.RLock' object has no attribute
+    '_recursion_count'"."""
+    env = dict(environ)
+    libdir = sysconfig.get_config_var("LIBDIR")
+    paths = [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p and p != libdir]
+    env["LD_LIBRARY_PATH"] = ":".join([libdir, *paths] if libdir else paths)
+    return env
+
+
+def build_predictors(settings: ModelSettings) -> tuple[str, Signature, list[Predictor]]:
+    """The model's name, signature and warm instances (engines built or loaded)."""
+    import mxnet as mx
+
+    model = load_model(settings.source, settings.epoch)
+    sig = signature(model, settings.shapes)
+    predictors = [Predictor(model, sig, mx.Context(kind, index), settings.max_batch,
+                            settings.options) for kind, index in settings.devices]
+    return settings.name or model.name, sig, predictors
+
+
+def _infer_function(predictor: Predictor) -> Callable[..., Any]:
+    from pytriton.decorators import batch
+
+    @batch
+    def infer(**inputs: Any) -> dict[str, Any]:
+        return predictor(inputs)
+
+    return infer
+
+
+def _bind(triton: Any, name: str, sig: Signature, predictors: Sequence[Predictor],
+          model: ModelSettings) -> None:
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+
+    triton.bind(
+        model_name=name,
+        infer_func=[_infer_function(p) for p in predictors],
+        inputs=[Tensor(name=t.name, dtype=t.dtype.type, shape=t.shape) for t in sig.inputs],
+        outputs=[Tensor(name=t.name, dtype=t.dtype.type, shape=t.shape) for t in sig.outputs],
+        config=ModelConfig(max_batch_size=model.max_batch, batcher=DynamicBatcher(
+            max_queue_delay_microseconds=model.max_queue_delay_us)))
+
+
+def serve(name: str, sig: Signature, predictors: Sequence[Predictor], model: ModelSettings,
+          server: ServerSettings, stop: threading.Event) -> int:
+    """Start Triton with the model bound, say so on stdout, serve until ``stop`` is set."""
+    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+
+    os.environ.update(python_backend_env(os.environ))  # tritonserver inherits our environment
+    # PyTriton warns when tritonserver needed its exit timeout; we say what happens ourselves.
+    logging.getLogger("pytriton").setLevel(logging.ERROR)
+    config = TritonConfig(
+        http_address=server.host, http_port=server.http_port, grpc_address=server.host,
+        grpc_port=server.grpc_port, metrics_address=server.host,
+        metrics_port=server.metrics_port, exit_timeout_secs=server.exit_timeout,
+        strict_readiness=True, log_file=server.log_file,
+        allow_gpu_metrics=any(kind == "gpu" for kind, _ in model.devices))
+    triton = Triton(config=config,
+                    security_config=TritonSecurityConfig(restricted_endpoints=RESTRICTED_ENDPOINTS))
+    try:
+        _bind(triton, name, sig, predictors, model)
+        triton.run()
+        inputs = ", ".join(f"{t.name} {t.dtype}[-1,{','.join(map(str, t.shape))}]"
+                           for t in sig.inputs)
+        print(f"mxtrt serve: model '{name}' ready ({inputs}; {len(predictors)} instance(s); "
+              f"batches up to {model.max_batch} run on engines for {list(predictors[0].sizes)}): "
+              f"HTTP {server.host}:{server.http_port}, gRPC {server.host}:{server.grpc_port}, "
+              f"metrics http://{server.host}:{server.metrics_port}/metrics; Triton's log: "
+              f"{server.log_file}", flush=True)
+        while not stop.wait(0.2):
+            if not triton.is_alive():
+                print(f"mxtrt serve: error: Triton stopped unexpectedly; see {server.log_file}",
+                      file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        print(f"mxtrt serve: stopping (in-flight requests get {server.exit_timeout} s)",
+              file=sys.stderr, flush=True)
+        triton.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    import mxnet as mx
+
+    try:
+        model = model_settings(args)
+        server = server_settings(args)
+        name, sig, predictors = build_predictors(model)
+    except (ServeError, OptionError, argparse.ArgumentTypeError) as err:
+        print(f"mxtrt serve: error: {err}", file=sys.stderr)
+        return 2
+    except mx.MXNetError as err:
+        print(f"mxtrt serve: error: MXNet: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return serve(name, sig, predictors, model, server, stop)
+    finally:
+        for sig_num, handler in previous.items():
+            signal.signal(sig_num, handler)
