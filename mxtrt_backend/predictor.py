@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import activation, convert, partition
+from . import activation, convert, export, partition
 
 # MXNet's convention for the label inputs of training outputs (SoftmaxOutput's softmax_label):
 # inference ignores them, so they are bound to zeros instead of being asked from clients.
@@ -91,8 +91,8 @@ def output_names(sym: Any) -> list[str]:
     for i, (node_id, index, _) in enumerate(graph["heads"]):
         node = graph["nodes"][node_id]
         if node["op"] == TENSORRT_OP:
-            inner = mx.sym.load_json(node["attrs"]["subgraph_sym_json"])
-            names[i] = inner.list_outputs()[index]
+            inner = export.Subgraph.from_json(json.dumps(node["subgraphs"][0]))
+            names[i] = mx.sym.load_json(inner.to_json()).list_outputs()[index]
     return names
 
 
