@@ -44,6 +44,8 @@ SUBCOMMANDS = (
                                    "and say which runtime each command uses"),
     Subcommand("serve", "serve", "serve a checkpoint or a converted folder through Triton Inference "
                                  "Server (HTTP, gRPC, dynamic batching) with the backend inside"),
+    Subcommand("export-triton", "triton_repo", "write a Triton model repository: ONNX (CPU) or a "
+                                               "TensorRT plan (GPU), else a Python-backend model"),
 )
 
 

@@ -164,3 +164,31 @@ def start(command: Sequence[str], folder: Path, env: dict[str, str] | None = Non
 
 def serve_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mxtrt_backend", "serve", *args]
+
+
+def tritonserver_command(repo: Path, workdir: Path) -> tuple[list[str], dict[str, str]]:
+    """The tritonserver PyTriton bundles, run directly on a model repository (as a stock Triton
+    would), with its Python backend set up as PyTriton sets it up: the stub of this Python
+    version, this venv first on PATH (the stub's interpreter finds its packages there) and this
+    interpreter's libpython first on the library path."""
+    import shutil
+
+    import pytriton
+    from pytriton.utils.distribution import get_libs_path
+
+    from mxtrt_backend.serve import python_backend_env
+
+    dist = Path(pytriton.__file__).parent / "tritonserver"
+    server = workdir / "tritonserver"
+    shutil.copytree(dist, server, ignore=shutil.ignore_patterns("python_backend_stubs"))
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    shutil.copy(dist / "python_backend_stubs" / version / "triton_python_backend_stub",
+                server / "backends" / "python" / "triton_python_backend_stub")
+    env = python_backend_env(os.environ)
+    env["LD_LIBRARY_PATH"] += ":" + str(get_libs_path())
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    command = [str(server / "bin" / "tritonserver"), "--model-repository", str(repo),
+               "--backend-directory", str(server / "backends"), "--http-address", HOST,
+               "--grpc-address", HOST, "--metrics-address", HOST, "--allow-gpu-metrics", "false",
+               "--exit-timeout-secs", "5", "--strict-readiness", "true"]
+    return command, env
