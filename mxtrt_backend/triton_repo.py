@@ -171,7 +171,8 @@ def whole_onnx(model: Model, sig: Signature, max_batch: int,
 
 
 def _renamed(onnx_bytes: bytes, renames: dict[str, str]) -> bytes:
-    """The graph with these inputs and outputs renamed, wherever they are used."""
+    """The graph with these inputs and outputs renamed wherever they are used, and without the
+    constants no node reads (labels such as softmax_label, which inference ignores)."""
     import onnx
 
     model = onnx.load_from_string(onnx_bytes)
@@ -180,6 +181,10 @@ def _renamed(onnx_bytes: bytes, renames: dict[str, str]) -> bytes:
         node.input[:] = [renames.get(i, i) for i in node.input]
     for value in (*model.graph.input, *model.graph.output):
         value.name = renames.get(value.name, value.name)
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
     onnx.checker.check_model(model)
     return model.SerializeToString()
 

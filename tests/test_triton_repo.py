@@ -118,3 +118,34 @@ def test_cli_errors_are_one_line(checkpoint, tmp_path):
     assert done.returncode == 2 and "needs its shape per sample" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "repo").exists()
+
+
+def test_label_input_is_left_out_and_the_onnx_model_still_equals_mxnet(tmp_path, monkeypatch):
+    """A Module-style checkpoint: SoftmaxOutput's softmax_label is no input of the repository."""
+    import mxnet as mx
+
+    from conftest import random_params
+
+    data = mx.sym.Variable("data")
+    net = mx.sym.FullyConnected(mx.sym.Activation(mx.sym.FullyConnected(
+        data, num_hidden=16, name="fc1"), act_type="relu"), num_hidden=5, name="fc2")
+    sym = mx.sym.SoftmaxOutput(net, name="softmax")
+    args, aux = random_params(sym, {"data": (2, 12), "softmax_label": (2,)})
+    prefix = str(tmp_path / "mlp")
+    mx.model.save_checkpoint(prefix, 3, sym, args, aux)
+    done = export(prefix, "3", "--shape", "12", "--out", str(tmp_path / "repo"))
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "repo" / "mlp"
+    cfg = parsed_config(folder)
+    assert cfg.backend == "onnxruntime"
+    assert [i.name for i in cfg.input] == ["data"]
+    assert [(o.name, list(o.dims)) for o in cfg.output] == [("softmax_output", [5])]
+    x = np.random.RandomState(4).uniform(-1, 1, (6, 12)).astype(np.float32)
+    session = ort.InferenceSession(str(folder / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    out = session.run(["softmax_output"], {"data": x})[0]
+    monkeypatch.setenv("MXNET_SUBGRAPH_BACKEND", "NONE")  # plain, unfused MXNet
+    ex = sym.bind(mx.cpu(), dict(args, data=mx.nd.array(x), softmax_label=mx.nd.zeros(6)),
+                  aux_states=aux, grad_req="null")
+    ex.forward(is_train=False)
+    assert rel_err(out, ex.outputs[0].asnumpy()) < 1e-4
