@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import sysconfig
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -158,15 +160,24 @@ def python_backend_env(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def triton_name(name: str) -> str:
+    """A model name Triton accepts (it is also the repository's folder name)."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ServeError(f"model name {name!r} has characters Triton does not accept: give "
+                         "--name with letters, digits, '.', '_' and '-' only")
+    return name
+
+
 def build_predictors(settings: ModelSettings) -> tuple[str, Signature, list[Predictor]]:
     """The model's name, signature and warm instances (engines built or loaded)."""
     import mxnet as mx
 
     model = load_model(settings.source, settings.epoch)
+    name = triton_name(settings.name or model.name)
     sig = signature(model, settings.shapes)
     predictors = [Predictor(model, sig, mx.Context(kind, index), settings.max_batch,
                             settings.options) for kind, index in settings.devices]
-    return settings.name or model.name, sig, predictors
+    return name, sig, predictors
 
 
 def _infer_function(predictor: Predictor) -> Callable[..., Any]:
@@ -192,6 +203,23 @@ def _bind(triton: Any, name: str, sig: Signature, predictors: Sequence[Predictor
             max_queue_delay_microseconds=model.max_queue_delay_us)))
 
 
+def _model_ready(server: ServerSettings, name: str, timeout: float) -> bool:
+    """Whether Triton says the model is ready (PyTriton only logs a model that failed to load)."""
+    import tritonclient.http as httpclient
+
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::") else server.host
+    deadline = time.monotonic() + timeout
+    with httpclient.InferenceServerClient(f"{host}:{server.http_port}") as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.is_model_ready(name):
+                    return True
+            except Exception:  # noqa: BLE001 - any failure to answer means not ready yet
+                pass
+            time.sleep(0.2)
+    return False
+
+
 def serve(name: str, sig: Signature, predictors: Sequence[Predictor], model: ModelSettings,
           server: ServerSettings, stop: threading.Event) -> int:
     """Start Triton with the model bound, say so on stdout, serve until ``stop`` is set."""
@@ -211,6 +239,10 @@ def serve(name: str, sig: Signature, predictors: Sequence[Predictor], model: Mod
     try:
         _bind(triton, name, sig, predictors, model)
         triton.run()
+        if not _model_ready(server, name, timeout=30.0):
+            print(f"mxtrt serve: error: Triton did not load the model; see {server.log_file}",
+                  file=sys.stderr)
+            return 1
         inputs = ", ".join(f"{t.name} {t.dtype}[-1,{','.join(map(str, t.shape))}]"
                            for t in sig.inputs)
         print(f"mxtrt serve: model '{name}' ready ({inputs}; {len(predictors)} instance(s); "
@@ -249,6 +281,10 @@ def run(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return serve(name, sig, predictors, model, server, stop)
+    except Exception as err:  # noqa: BLE001 - PyTriton and Triton errors: one line, not a traceback
+        print(f"mxtrt serve: error: Triton: {type(err).__name__}: {err}; see {server.log_file}",
+              file=sys.stderr)
+        return 1
     finally:
         for sig_num, handler in previous.items():
             signal.signal(sig_num, handler)

@@ -29,7 +29,7 @@ import numpy as np
 from . import activation, config, convert, export
 from .predictor import (TENSORRT_OP, Model, ServeError, Signature, engine_options, load_model,
                         signature)
-from .serve import ModelSettings, model_arguments, model_settings
+from .serve import ModelSettings, model_arguments, model_settings, triton_name
 
 log = logging.getLogger("mxtrt")
 
@@ -253,7 +253,7 @@ def _python_model(folder: Path, model: Model, source: str, epoch: int | None) ->
 def export_repository(settings: ModelSettings, out: Path) -> Exported:
     model = load_model(settings.source, settings.epoch)
     sig = signature(model, settings.shapes)
-    name = settings.name or model.name
+    name = triton_name(settings.name or model.name)
     folder = out / name
     device, device_id = settings.devices[0]
     if any(kind != device for kind, _ in settings.devices):

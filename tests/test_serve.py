@@ -22,12 +22,11 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import rel_err
-from triton_helpers import (SAMPLE, Server, alive, descendants, free_ports, make_checkpoint,
+from triton_helpers import (OUTPUT, SAMPLE, alive, descendants, free_ports, make_checkpoint,
                             reference, serve_command, start)
 
 
 MODEL = "mobilenet0.25"
-OUTPUT = "mobilenet0_dense0_fwd_output"
 MAX_BATCH = 8
 TOLERANCE = 1e-4
 
@@ -207,6 +206,7 @@ def _cmdline(pid: int) -> str:
     (["{prefix}", "0", "--shape", "3,32,32", "-o", "precison=fp16"], "did you mean 'precision'"),
     (["{prefix}", "0", "--shape", "foo:3,32,32"], "has no input 'foo'"),
     (["{prefix}", "0", "--shape", "3,32,32", "--http-port", "{busy}"], "choose another port"),
+    (["{prefix}", "0", "--shape", "3,32,32", "--name", "my model"], "does not accept"),
 ])
 def test_cli_errors_are_one_line_without_traceback(checkpoint, args, message):
     with socket.socket() as busy:

@@ -17,10 +17,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from conftest import rel_err
-from triton_helpers import SAMPLE, make_checkpoint, reference, start, tritonserver_command
+from triton_helpers import (OUTPUT, SAMPLE, make_checkpoint, reference, start,
+                            tritonserver_command)
 
 MODEL = "mobilenet0.25"
-OUTPUT = "mobilenet0_dense0_fwd_output"
 
 
 @pytest.fixture(scope="module")

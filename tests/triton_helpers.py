@@ -21,13 +21,14 @@ import numpy as np
 HOST = "127.0.0.1"
 SAMPLE = (3, 32, 32)  # one sample of the test net; small so requests are quick
 CLASSES = 10
+OUTPUT = "net_dense0_fwd_output"  # the test net's output (fixed prefix: Gluon counts nets)
 
 
 def make_checkpoint(folder: Path, name: str = "mobilenet0.25") -> str:
     """A model-zoo net with random weights (He init, random BatchNorm statistics, so every
     layer matters), exported as a checkpoint; returns its prefix (epoch 0)."""
     mx.random.seed(0)
-    net = mx.gluon.model_zoo.vision.get_model(name, classes=CLASSES)
+    net = mx.gluon.model_zoo.vision.get_model(name, classes=CLASSES, prefix="net_")
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
     net.hybridize()
     net(mx.nd.zeros((1, *SAMPLE)))
