@@ -60,6 +60,18 @@ class ServerSettings:
     log_file: Path
 
 
+PYTRITON = "nvidia-pytriton==0.7.0"
+
+
+def require(module: str) -> None:
+    """Serving's dependencies are optional for the rest of mxtrt: say how to get them."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ServeError(f"serving needs {module} (pip install '{PYTRITON}', which brings "
+                         "tritonserver and tritonclient; or pip install 'mxtrt[serve]')")
+
+
 def parse_devices(text: str, instances: int) -> tuple[Device, ...]:
     """``cpu`` or ``gpu:0,1,...``: ``instances`` model instances on each device listed."""
     kind, _, ids = text.partition(":")
@@ -266,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
     import mxnet as mx
 
     try:
+        require("pytriton")
         model = model_settings(args)
         server = server_settings(args)
         name, sig, predictors = build_predictors(model)

@@ -29,7 +29,7 @@ import numpy as np
 from . import activation, config, convert, export
 from .predictor import (TENSORRT_OP, Model, ServeError, Signature, engine_options, load_model,
                         signature)
-from .serve import ModelSettings, model_arguments, model_settings, triton_name
+from .serve import ModelSettings, model_arguments, model_settings, require, triton_name
 
 log = logging.getLogger("mxtrt")
 
@@ -293,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
     import mxnet as mx
 
     try:
+        require("tritonclient")
         settings = model_settings(args)
         exported = export_repository(settings, args.out)
     except (ServeError, config.OptionError, argparse.ArgumentTypeError) as err:
