@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import activation, convert, export, partition
+from . import activation, config, convert, export, partition
 
 # MXNet's convention for the label inputs of training outputs (SoftmaxOutput's softmax_label):
 # inference ignores them, so they are bound to zeros instead of being asked from clients.
@@ -180,8 +180,6 @@ def split(batch: int, sizes: Sequence[int]) -> list[int]:
 def engine_options(device: str, max_batch: int, options: Mapping[str, str]) -> dict[str, str]:
     """The backend options of an instance: on GPU one TensorRT engine over every batch size the
     batcher may produce (``batch_range`` = 1, max, max unless given and covering that range)."""
-    from . import config
-
     merged = dict(options)
     if device != "gpu":
         return merged

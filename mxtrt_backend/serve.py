@@ -219,7 +219,8 @@ def _model_ready(server: ServerSettings, name: str, timeout: float) -> bool:
     """Whether Triton says the model is ready (PyTriton only logs a model that failed to load)."""
     import tritonclient.http as httpclient
 
-    host = "127.0.0.1" if server.host in ("0.0.0.0", "::") else server.host
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(server.host, server.host)
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     deadline = time.monotonic() + timeout
     with httpclient.InferenceServerClient(f"{host}:{server.http_port}") as client:
         while time.monotonic() < deadline:
@@ -258,7 +259,7 @@ def serve(name: str, sig: Signature, predictors: Sequence[Predictor], model: Mod
         inputs = ", ".join(f"{t.name} {t.dtype}[-1,{','.join(map(str, t.shape))}]"
                            for t in sig.inputs)
         print(f"mxtrt serve: model '{name}' ready ({inputs}; {len(predictors)} instance(s); "
-              f"batches up to {model.max_batch} run on engines for {list(predictors[0].sizes)}): "
+              f"batches up to {model.max_batch}, executors for {list(predictors[0].sizes)}): "
               f"HTTP {server.host}:{server.http_port}, gRPC {server.host}:{server.grpc_port}, "
               f"metrics http://{server.host}:{server.metrics_port}/metrics; Triton's log: "
               f"{server.log_file}", flush=True)
