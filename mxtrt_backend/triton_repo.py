@@ -138,10 +138,8 @@ def whole_onnx(model: Model, sig: Signature, max_batch: int,
     node, sym = _whole_subgraph(model, sig, max_batch, options)
     graph = json.loads(sym.tojson())
     subgraph = export.Subgraph.from_json(json.dumps(node["subgraphs"][0]))
-    # The partitioner renames the subgraph's inputs ("data" -> "data0"); the op's inputs, in the
-    # same order, are the model's variables.
-    outer = {inner: graph["nodes"][nid]["name"]
-             for inner, (nid, _, _) in zip(subgraph.input_names, node["inputs"])}
+    # The partitioner renames the subgraph's inputs ("data" -> "data0").
+    outer = dict(zip(subgraph.input_names, subgraph.source_names))
     values = {n: v.asnumpy() for n, v in (*model.args.items(), *model.aux.items())}
     values.update({t.name: np.zeros((1, *t.shape), t.dtype) for t in sig.labels})
     data = {t.name: t for t in sig.inputs}

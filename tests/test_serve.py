@@ -21,9 +21,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import rel_err
-from triton_helpers import (OUTPUT, SAMPLE, alive, descendants, free_ports, make_checkpoint,
-                            reference, serve_command, start)
+from helpers import (NET_OUTPUT, NET_SAMPLE, alive, descendants, free_ports, reference, rel_err,
+                     serve_command, start_server, zoo_checkpoint)
 
 
 MODEL = "mobilenet0.25"
@@ -33,12 +32,12 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+    return zoo_checkpoint(tmp_path_factory.mktemp("checkpoint"))
 
 
 @pytest.fixture(scope="module")
 def samples(checkpoint):
-    x = np.random.RandomState(1).uniform(-1, 1, (32, *SAMPLE)).astype(np.float32)
+    x = np.random.RandomState(1).uniform(-1, 1, (32, *NET_SAMPLE)).astype(np.float32)
     return x, reference(checkpoint, x)
 
 
@@ -46,10 +45,10 @@ def samples(checkpoint):
 def server(checkpoint, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     env = dict(os.environ, MXTRT_CACHE_DIR=str(folder / "cache"))
-    srv = start(serve_command(checkpoint, "0", "--shape", ",".join(map(str, SAMPLE)),
-                              "--max-batch-size", str(MAX_BATCH), "--instances", "2",
-                              "--max-queue-delay-us", "2000",
-                              "--log-file", str(folder / "triton.log")), folder, env)
+    srv = start_server(serve_command(checkpoint, "0", "--shape", ",".join(map(str, NET_SAMPLE)),
+                                     "--max-batch-size", str(MAX_BATCH), "--instances", "2",
+                                     "--max-queue-delay-us", "2000",
+                                     "--log-file", str(folder / "triton.log")), folder, env)
     try:
         srv.wait_ready(MODEL)
         yield srv
@@ -60,13 +59,13 @@ def server(checkpoint, tmp_path_factory):
 def _http_infer(client, x: np.ndarray, model: str = MODEL, dtype: str = "FP32") -> np.ndarray:
     data = httpclient.InferInput("data", list(x.shape), dtype)
     data.set_data_from_numpy(x)
-    return client.infer(model, [data]).as_numpy(OUTPUT)
+    return client.infer(model, [data]).as_numpy(NET_OUTPUT)
 
 
 def _grpc_infer(client, x: np.ndarray, model: str = MODEL) -> np.ndarray:
     data = grpcclient.InferInput("data", list(x.shape), "FP32")
     data.set_data_from_numpy(x)
-    return client.infer(model, [data], client_timeout=30).as_numpy(OUTPUT)
+    return client.infer(model, [data], client_timeout=30).as_numpy(NET_OUTPUT)
 
 
 def _assert_rows_match(out: np.ndarray, ref: np.ndarray) -> None:
@@ -81,8 +80,8 @@ def test_http_and_grpc_answers_equal_plain_mxnet(server, samples):
         assert client.is_server_live() and client.is_server_ready()
         meta = client.get_model_metadata(MODEL)
         assert [i["name"] for i in meta["inputs"]] == ["data"]
-        assert meta["inputs"][0]["shape"] == [-1, *SAMPLE]
-        assert [o["name"] for o in meta["outputs"]] == [OUTPUT]
+        assert meta["inputs"][0]["shape"] == [-1, *NET_SAMPLE]
+        assert [o["name"] for o in meta["outputs"]] == [NET_OUTPUT]
         for batch in (1, 3, MAX_BATCH):  # 3 runs as chunks 2 + 1 on CPU
             _assert_rows_match(_http_infer(client, x[:batch]), ref[:batch])
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
@@ -164,17 +163,18 @@ def test_serves_a_converted_folder_and_sigterm_ends_it_and_all_its_processes(
     from mxtrt_backend.convert import convert
 
     x, ref = samples
-    convert(checkpoint, 0, str(tmp_path / "converted"), {"data": (1, *SAMPLE)})
+    convert(checkpoint, 0, str(tmp_path / "converted"), {"data": (1, *NET_SAMPLE)})
     env = dict(os.environ, MXTRT_CACHE_DIR=str(tmp_path / "cache"))
-    srv = start(serve_command(str(tmp_path / "converted"), "--shape", ",".join(map(str, SAMPLE)),
-                              "--max-batch-size", "4", "--name", "converted",
-                              "--log-file", str(tmp_path / "triton.log")), tmp_path, env)
+    srv = start_server(serve_command(str(tmp_path / "converted"), "--shape",
+                                     ",".join(map(str, NET_SAMPLE)), "--max-batch-size", "4",
+                                     "--name", "converted",
+                                     "--log-file", str(tmp_path / "triton.log")), tmp_path, env)
     try:
         srv.wait_ready("converted")
         with grpcclient.InferenceServerClient(srv.grpc_url) as client:
-            data = grpcclient.InferInput("data", [3, *SAMPLE], "FP32")
+            data = grpcclient.InferInput("data", [3, *NET_SAMPLE], "FP32")
             data.set_data_from_numpy(x[:3])
-            _assert_rows_match(client.infer("converted", [data]).as_numpy(OUTPUT), ref[:3])
+            _assert_rows_match(client.infer("converted", [data]).as_numpy(NET_OUTPUT), ref[:3])
         children = descendants(srv.process.pid)
         assert any("tritonserver" in _cmdline(p) for p in children)
         start_time = time.monotonic()

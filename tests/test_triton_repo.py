@@ -16,16 +16,15 @@ import tritonclient.http as httpclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from conftest import rel_err
-from triton_helpers import (OUTPUT, SAMPLE, make_checkpoint, reference, start,
-                            tritonserver_command)
+from helpers import (NET_OUTPUT, NET_SAMPLE, forward, random_params, reference, rel_err, start_server,
+                     tritonserver_command, zoo_checkpoint)
 
 MODEL = "mobilenet0.25"
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+    return zoo_checkpoint(tmp_path_factory.mktemp("checkpoint"))
 
 
 def export(*args: str) -> subprocess.CompletedProcess:
@@ -51,18 +50,18 @@ def test_cpu_repository_is_one_onnx_model_equal_to_mxnet(checkpoint, tmp_path):
     assert cfg.max_batch_size == 16
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
     assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == \
-        [("data", pb.TYPE_FP32, list(SAMPLE))]
+        [("data", pb.TYPE_FP32, list(NET_SAMPLE))]
     assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == \
-        [(OUTPUT, pb.TYPE_FP32, [10])]
+        [(NET_OUTPUT, pb.TYPE_FP32, [10])]
     assert [(g.kind, g.count) for g in cfg.instance_group] == \
         [(pb.ModelInstanceGroup.KIND_CPU, 2)]
     assert sorted(p.name for p in (folder / "1").iterdir()) == ["model.onnx"]
 
     session = ort.InferenceSession(str(folder / "1" / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
-    x = np.random.RandomState(2).uniform(-1, 1, (16, *SAMPLE)).astype(np.float32)
+    x = np.random.RandomState(2).uniform(-1, 1, (16, *NET_SAMPLE)).astype(np.float32)
     for batch in (1, 5, 16):  # one model for every batch the batcher forms
-        out = session.run([OUTPUT], {"data": x[:batch]})[0]
+        out = session.run([NET_OUTPUT], {"data": x[:batch]})[0]
         ref = reference(checkpoint, x[:batch])
         assert out.shape == ref.shape and rel_err(out, ref) < 1e-4
 
@@ -99,14 +98,14 @@ def test_partial_graph_is_a_python_backend_model_that_tritonserver_serves(checkp
 
     command, env = tritonserver_command(repo, tmp_path)
     env["MXTRT_CACHE_DIR"] = str(tmp_path / "cache")
-    server = start(command, tmp_path, env)
+    server = start_server(command, tmp_path, env)
     try:
         server.wait_ready("partial")
-        x = np.random.RandomState(3).uniform(-1, 1, (3, *SAMPLE)).astype(np.float32)
+        x = np.random.RandomState(3).uniform(-1, 1, (3, *NET_SAMPLE)).astype(np.float32)
         with httpclient.InferenceServerClient(server.http_url, network_timeout=30) as client:
             data = httpclient.InferInput("data", list(x.shape), "FP32")
             data.set_data_from_numpy(x)
-            out = client.infer("partial", [data]).as_numpy(OUTPUT)
+            out = client.infer("partial", [data]).as_numpy(NET_OUTPUT)
         ref = reference(checkpoint, x)
         assert out.shape == ref.shape and rel_err(out, ref) < 1e-4
     finally:
@@ -120,11 +119,9 @@ def test_cli_errors_are_one_line(checkpoint, tmp_path):
     assert not (tmp_path / "repo").exists()
 
 
-def test_label_input_is_left_out_and_the_onnx_model_still_equals_mxnet(tmp_path, monkeypatch):
+def test_label_input_is_left_out_and_the_onnx_model_still_equals_mxnet(tmp_path):
     """A Module-style checkpoint: SoftmaxOutput's softmax_label is no input of the repository."""
     import mxnet as mx
-
-    from conftest import random_params
 
     data = mx.sym.Variable("data")
     net = mx.sym.FullyConnected(mx.sym.Activation(mx.sym.FullyConnected(
@@ -144,8 +141,5 @@ def test_label_input_is_left_out_and_the_onnx_model_still_equals_mxnet(tmp_path,
     session = ort.InferenceSession(str(folder / "1" / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
     out = session.run(["softmax_output"], {"data": x})[0]
-    monkeypatch.setenv("MXNET_SUBGRAPH_BACKEND", "NONE")  # plain, unfused MXNet
-    ex = sym.bind(mx.cpu(), dict(args, data=mx.nd.array(x), softmax_label=mx.nd.zeros(6)),
-                  aux_states=aux, grad_req="null")
-    ex.forward(is_train=False)
-    assert rel_err(out, ex.outputs[0].asnumpy()) < 1e-4
+    ref = forward(sym, args, aux, {"data": x, "softmax_label": np.zeros(6, np.float32)})[0]
+    assert rel_err(out, ref) < 1e-4
