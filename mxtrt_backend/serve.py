@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         model = model_settings(args)
         server = server_settings(args)
         name, sig, predictors = build_predictors(model)
-    except (ServeError, OptionError, argparse.ArgumentTypeError) as err:
+    except (ServeError, OptionError, argparse.ArgumentTypeError, OSError) as err:
         print(f"mxtrt serve: error: {err}", file=sys.stderr)
         return 2
     except mx.MXNetError as err:

@@ -258,7 +258,10 @@ def export_repository(settings: ModelSettings, out: Path) -> Exported:
         raise ServeError("instances must all be on CPU or all on GPUs")
     options = engine_options(device, settings.max_batch, settings.options)
     if folder.exists():
-        shutil.rmtree(folder)
+        if not (folder / "config.pbtxt").is_file():
+            raise ServeError(f"{folder} exists and is no Triton model folder; it is left as it "
+                             "is: choose another --out or --name")
+        shutil.rmtree(folder)  # an earlier export of this model: replaced whole
     (folder / VERSION).mkdir(parents=True)
     try:
         onnx_bytes, data_names = whole_onnx(model, sig, settings.max_batch, settings.options)
@@ -294,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
         require("tritonclient")
         settings = model_settings(args)
         exported = export_repository(settings, args.out)
-    except (ServeError, config.OptionError, argparse.ArgumentTypeError) as err:
+    except (ServeError, config.OptionError, argparse.ArgumentTypeError, OSError) as err:
         print(f"mxtrt export-triton: error: {err}", file=sys.stderr)
         return 2
     except mx.MXNetError as err:

@@ -112,11 +112,17 @@ def test_partial_graph_is_a_python_backend_model_that_tritonserver_serves(checkp
         server.stop()
 
 
-def test_cli_errors_are_one_line(checkpoint, tmp_path):
+def test_cli_errors_are_one_line_and_nothing_foreign_is_overwritten(checkpoint, tmp_path):
     done = export(checkpoint, "0", "--out", str(tmp_path / "repo"))
     assert done.returncode == 2 and "needs its shape per sample" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "repo").exists()
+    mine = tmp_path / "repo" / MODEL / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("keep me")
+    done = export(checkpoint, "0", "--shape", "3,32,32", "--out", str(tmp_path / "repo"))
+    assert done.returncode == 2 and "is no Triton model folder" in done.stderr
+    assert "Traceback" not in done.stderr and mine.read_text() == "keep me"
 
 
 def test_label_input_is_left_out_and_the_onnx_model_still_equals_mxnet(tmp_path):
