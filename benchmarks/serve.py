@@ -203,9 +203,10 @@ def chunk_sizes(prefix: str, largest: int) -> None:
               f"{chunked[n] / exact[n]:>13.2f}{padded[n] / exact[n]:>11.2f}")
     print(f"start-up: engine per n builds {largest} engines in {sum(build_s.values()):.1f} s; "
           f"pad or split build {len(sizes)} ({sizes}) in {sum(build_s[s] for s in sizes):.1f} s")
-    worst_split = max(chunked[n] / exact[n] for n in exact)
-    worst_pad = max(padded[n] / exact[n] for n in exact)
-    print(f"worst case over n: split {worst_split:.2f}x, pad {worst_pad:.2f}x the engine per n")
+    for label, pick in (("worst", max), ("mean", lambda r: sum(r) / len(r))):
+        split_ratio = pick([chunked[n] / exact[n] for n in exact])
+        pad_ratio = pick([padded[n] / exact[n] for n in exact])
+        print(f"{label} over n: split {split_ratio:.2f}x, pad {pad_ratio:.2f}x the engine per n")
 
 
 def main() -> None:
