@@ -19,7 +19,6 @@ instance binds one executor per *chunk size* at start-up and runs a batch as chu
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import activation, config, convert, export, partition
+from . import activation, cli, config, convert, export, partition
 
 # MXNet's convention for the label inputs of training outputs (SoftmaxOutput's softmax_label):
 # inference ignores them, so they are bound to zeros instead of being asked from clients.
@@ -35,7 +34,7 @@ LABEL_SUFFIX = "label"
 TENSORRT_OP = "_TensorRT"
 
 
-class ServeError(ValueError):
+class ServeError(cli.CliError):
     """A model or a setting that cannot be served; the message names the fix."""
 
 
@@ -64,8 +63,6 @@ class Model:
 
 def load_model(source: str, epoch: int | None) -> Model:
     """A checkpoint (PREFIX EPOCH), or a `convert` output folder (FOLDER, no epoch)."""
-    import mxnet as mx
-
     if epoch is None:
         folder = Path(source)
         if not (folder / f"{convert.PREFIX}-symbol.json").is_file():
@@ -74,11 +71,8 @@ def load_model(source: str, epoch: int | None) -> Model:
                              "PREFIX EPOCH")
         sym, args, aux = convert.load(str(folder))
         return Model(folder.resolve().name, sym, args, aux, partitioned=True)
-    for path in (f"{source}-symbol.json", f"{source}-{epoch:04d}.params"):
-        if not os.path.isfile(path):
-            raise ServeError(f"no checkpoint {source} epoch {epoch}: {path} does not exist")
-    sym, args, aux = mx.model.load_checkpoint(source, epoch)
-    return Model(Path(source).name, sym, args, aux, partitioned=False)
+    found = cli.load_checkpoint(source, epoch)
+    return Model(Path(source).name, found.symbol, found.args, found.aux, partitioned=False)
 
 
 def output_names(sym: Any) -> list[str]:

@@ -24,17 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .config import OptionError
-from .convert import parse_input, parse_options
+from . import cli
+from .cli import Device
 from .predictor import Predictor, ServeError, Signature, load_model, signature
 
 # Restricted to clients holding the server's token (PyTriton generates one per run): loading and
 # unloading models, shared-memory registration, tracing and log settings. Health, metadata,
 # inference and statistics stay open.
 RESTRICTED_ENDPOINTS = ["shared-memory", "model-repository", "trace", "logging"]
-
-Device = tuple[str, int]
-
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -72,52 +69,66 @@ def require(module: str) -> None:
                          "tritonserver and tritonclient; or pip install 'mxtrt[serve]')")
 
 
-def parse_devices(text: str, instances: int) -> tuple[Device, ...]:
-    """``cpu`` or ``gpu:0,1,...``: ``instances`` model instances on each device listed."""
-    kind, _, ids = text.partition(":")
-    if instances < 1:
-        raise ServeError(f"--instances must be >= 1, not {instances}")
-    if kind == "cpu" and not ids:
-        return (("cpu", 0),) * instances
-    if kind == "gpu":
-        try:
-            gpus = [int(i) for i in ids.split(",")] if ids else [0]
-        except ValueError:
-            gpus = []
-        if gpus and all(g >= 0 for g in gpus) and len(set(gpus)) == len(gpus):
-            return tuple(("gpu", g) for g in gpus for _ in range(instances))
-    raise ServeError(f"--ctx {text!r} is not understood: give cpu, or gpu:0 / gpu:0,1,... "
-                     "(one instance per GPU listed)")
+def parse_devices(text: str) -> tuple[Device, ...]:
+    """``cpu``, or ``gpu:0,1,...`` (one instance per GPU listed; ``gpu`` is gpu:0)."""
+    first, *more = text.split(",")
+    device = cli.parse_ctx(first)
+    if not more:
+        return (device,)
+    if device.kind != "gpu" or not all(m.strip().isdigit() for m in more):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of devices: give cpu, or "
+                                         "gpu:0,1,... (one model instance on each GPU)")
+    gpus = (device, *(Device("gpu", int(m)) for m in more))
+    if len(set(gpus)) != len(gpus):
+        raise argparse.ArgumentTypeError(f"{text!r} names a GPU twice; use --instances for more "
+                                         "instances on one GPU")
+    return gpus
+
+
+def devices(args: argparse.Namespace) -> tuple[Device, ...]:
+    """Every instance's device: ``--instances`` on each ``--ctx`` device (default as for the
+    other commands: gpu:0 when TensorRT can use it, else cpu), each checked; says which."""
+    if args.instances < 1:
+        raise ServeError(f"--instances must be >= 1, not {args.instances}")
+    if args.ctx is not None:
+        chosen, why = args.ctx, ""
+    else:
+        default, reason = cli.default_device()
+        chosen, why = (default,), f" (the default: {reason})"
+    for device in chosen:
+        print(f"mxtrt {args.command}: --ctx {device}{why}: {cli.describe(device)}",
+              file=sys.stderr, flush=True)
+    return tuple(d for d in chosen for _ in range(args.instances))
 
 
 def model_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `serve` and `export-triton` share (the checkpoint, -o and the device's parsing come
+    from cli; --shape here is one sample's, without the batch)."""
     parser.add_argument("source", help="checkpoint prefix (PREFIX-symbol.json, PREFIX-EPOCH.params)"
                                        ", or a folder written by `convert` (then no EPOCH)")
     parser.add_argument("epoch", type=int, nargs="?", help="checkpoint epoch")
-    parser.add_argument("--shape", action="append", type=parse_input, default=[],
+    parser.add_argument("--shape", action="append", type=cli.parse_input, default=[],
                         metavar="[NAME:]D1,D2,...",
                         help="one sample's shape, without the batch: 3,224,224 (input 'data', "
                              "or the model's only input) or NAME:3,224,224; one per input")
-    parser.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
-                        help="backend option, e.g. -o ort_threads=2; repeatable")
-    parser.add_argument("--ctx", default="cpu", help="cpu, or gpu:0,1,... (one instance per GPU)")
+    cli.option_argument(parser)
+    parser.add_argument("--ctx", type=parse_devices, default=None, metavar="cpu|gpu:N[,N...]",
+                        help="where instances run: cpu, or gpu:0,1,... (one instance per GPU); "
+                             "default: gpu:0 when a GPU and TensorRT are usable, else cpu")
     parser.add_argument("--instances", type=int, default=1,
-                        help="model instances per device (default 1)")
-    parser.add_argument("--max-batch-size", type=int, default=8,
-                        help="largest batch the dynamic batcher forms (default 8)")
+                        help="model instances per device")
+    parser.add_argument("--max-batch-size", type=cli.positive_int, default=8,
+                        help="largest batch the dynamic batcher forms")
     parser.add_argument("--max-queue-delay-us", type=int, default=100,
-                        help="how long a request may wait for others to batch with (default 100)")
+                        help="how long a request may wait for others to batch with")
     parser.add_argument("--name", help="model name in Triton (default: the checkpoint's name)")
 
 
 def model_settings(args: argparse.Namespace) -> ModelSettings:
-    if args.max_batch_size < 1:
-        raise ServeError(f"--max-batch-size must be >= 1, not {args.max_batch_size}")
     if args.max_queue_delay_us < 0:
         raise ServeError(f"--max-queue-delay-us must be >= 0, not {args.max_queue_delay_us}")
-    return ModelSettings(args.source, args.epoch, dict(args.shape), parse_options(args.option),
-                         parse_devices(args.ctx, args.instances), args.max_batch_size,
-                         args.max_queue_delay_us, args.name)
+    return ModelSettings(args.source, args.epoch, dict(args.shape), cli.options(args),
+                         devices(args), args.max_batch_size, args.max_queue_delay_us, args.name)
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
@@ -182,13 +193,11 @@ def triton_name(name: str) -> str:
 
 def build_predictors(settings: ModelSettings) -> tuple[str, Signature, list[Predictor]]:
     """The model's name, signature and warm instances (engines built or loaded)."""
-    import mxnet as mx
-
     model = load_model(settings.source, settings.epoch)
     name = triton_name(settings.name or model.name)
     sig = signature(model, settings.shapes)
-    predictors = [Predictor(model, sig, mx.Context(kind, index), settings.max_batch,
-                            settings.options) for kind, index in settings.devices]
+    predictors = [Predictor(model, sig, device.context(), settings.max_batch, settings.options)
+                  for device in settings.devices]
     return name, sig, predictors
 
 
@@ -246,7 +255,7 @@ def serve(name: str, sig: Signature, predictors: Sequence[Predictor], model: Mod
         grpc_port=server.grpc_port, metrics_address=server.host,
         metrics_port=server.metrics_port, exit_timeout_secs=server.exit_timeout,
         strict_readiness=True, log_file=server.log_file,
-        allow_gpu_metrics=any(kind == "gpu" for kind, _ in model.devices))
+        allow_gpu_metrics=any(device.kind == "gpu" for device in model.devices))
     triton = Triton(config=config,
                     security_config=TritonSecurityConfig(restricted_endpoints=RESTRICTED_ENDPOINTS))
     try:
@@ -276,28 +285,17 @@ def serve(name: str, sig: Signature, predictors: Sequence[Predictor], model: Mod
 
 
 def run(args: argparse.Namespace) -> int:
-    import mxnet as mx
-
-    try:
-        require("pytriton")
-        model = model_settings(args)
-        server = server_settings(args)
-        name, sig, predictors = build_predictors(model)
-    except (ServeError, OptionError, argparse.ArgumentTypeError, OSError) as err:
-        print(f"mxtrt serve: error: {err}", file=sys.stderr)
-        return 2
-    except mx.MXNetError as err:
-        print(f"mxtrt serve: error: MXNet: {str(err).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    require("pytriton")
+    model = model_settings(args)
+    server = server_settings(args)
+    name, sig, predictors = build_predictors(model)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return serve(name, sig, predictors, model, server, stop)
-    except Exception as err:  # noqa: BLE001 - PyTriton and Triton errors: one line, not a traceback
-        print(f"mxtrt serve: error: Triton: {type(err).__name__}: {err}; see {server.log_file}",
-              file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - a Triton failure: one line and where its log is
+        print(f"mxtrt serve: error: Triton: {type(err).__name__}: {cli.one_line(err)}; see "
+              f"{server.log_file}", file=sys.stderr)
         return 1
     finally:
         for sig_num, handler in previous.items():

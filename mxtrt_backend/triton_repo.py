@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -83,8 +82,8 @@ def model_config(name: str, sig: Signature, settings: ModelSettings, kind: str,
     cfg.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
     devices = settings.devices
     group = cfg.instance_group.add()
-    if devices[0][0] == "gpu":
-        gpus = sorted({index for _, index in devices})
+    if devices[0].kind == "gpu":
+        gpus = sorted({d.id for d in devices})
         group.kind = pb.ModelInstanceGroup.KIND_GPU
         group.count = len(devices) // len(gpus)  # Triton's count is per GPU
         group.gpus.extend(gpus)
@@ -222,12 +221,14 @@ def check_onnx(onnx_bytes: bytes, model: Model, sig: Signature, max_batch: int) 
 def tensorrt_plan(onnx_bytes: bytes, input_names: Sequence[str], options: dict[str, str],
                   device_id: int) -> bytes:
     """A TensorRT engine for the GPU it is built on, over the options' batch_range."""
-    from .engine import trt
+    from .engine import cuda, trt, trt_build
 
+    runtime = trt.TrtRuntime()
+    cuda.set_device(device_id)
     try:
-        return trt.TrtRuntime().build_plan(onnx_bytes, input_names, config.resolve(options),
-                                           device_id)
-    except trt.TrtBuildError as err:
+        return trt_build.build_plan(onnx_bytes, input_names, config.resolve(options),
+                                    runtime.version(), runtime.device_key(device_id))
+    except trt_build.TrtBuildError as err:
         raise NotWhole(str(err)) from None
 
 
@@ -253,8 +254,8 @@ def export_repository(settings: ModelSettings, out: Path) -> Exported:
     sig = signature(model, settings.shapes)
     name = triton_name(settings.name or model.name)
     folder = out / name
-    device, device_id = settings.devices[0]
-    if any(kind != device for kind, _ in settings.devices):
+    device, device_id = settings.devices[0].kind, settings.devices[0].id
+    if any(d.kind != device for d in settings.devices):
         raise ServeError("instances must all be on CPU or all on GPUs")
     options = engine_options(device, settings.max_batch, settings.options)
     if folder.exists():
@@ -291,19 +292,8 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import mxnet as mx
-
-    try:
-        require("tritonclient")
-        settings = model_settings(args)
-        exported = export_repository(settings, args.out)
-    except (ServeError, config.OptionError, argparse.ArgumentTypeError, OSError) as err:
-        print(f"mxtrt export-triton: error: {err}", file=sys.stderr)
-        return 2
-    except mx.MXNetError as err:
-        print(f"mxtrt export-triton: error: MXNet: {str(err).strip().splitlines()[0]}",
-              file=sys.stderr)
-        return 2
+    require("tritonclient")
+    exported = export_repository(model_settings(args), args.out)
     files = sorted(str(p.relative_to(args.out)) for p in exported.folder.rglob("*") if p.is_file())
     print(f"{exported.folder}: {exported.kind} model ({', '.join(files)})")
     if exported.reason:

@@ -45,7 +45,8 @@ def samples(checkpoint):
 def server(checkpoint, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     env = dict(os.environ, MXTRT_CACHE_DIR=str(folder / "cache"))
-    srv = start_server(serve_command(checkpoint, "0", "--shape", ",".join(map(str, NET_SAMPLE)),
+    srv = start_server(serve_command(checkpoint, "0", "--ctx", "cpu", "--shape",
+                                     ",".join(map(str, NET_SAMPLE)),
                                      "--max-batch-size", str(MAX_BATCH), "--instances", "2",
                                      "--max-queue-delay-us", "2000",
                                      "--log-file", str(folder / "triton.log")), folder, env)
@@ -165,7 +166,7 @@ def test_serves_a_converted_folder_and_sigterm_ends_it_and_all_its_processes(
     x, ref = samples
     convert(checkpoint, 0, str(tmp_path / "converted"), {"data": (1, *NET_SAMPLE)})
     env = dict(os.environ, MXTRT_CACHE_DIR=str(tmp_path / "cache"))
-    srv = start_server(serve_command(str(tmp_path / "converted"), "--shape",
+    srv = start_server(serve_command(str(tmp_path / "converted"), "--ctx", "cpu", "--shape",
                                      ",".join(map(str, NET_SAMPLE)), "--max-batch-size", "4",
                                      "--name", "converted",
                                      "--log-file", str(tmp_path / "triton.log")), tmp_path, env)
@@ -202,7 +203,8 @@ def _cmdline(pid: int) -> str:
 @pytest.mark.parametrize("args, message", [
     (["{prefix}-missing", "0", "--shape", "3,32,32"], "no checkpoint"),
     (["{prefix}", "0"], "needs its shape per sample"),
-    (["{prefix}", "0", "--shape", "3,32,32", "--ctx", "tpu"], "--ctx 'tpu' is not understood"),
+    (["{prefix}", "0", "--shape", "3,32,32", "--ctx", "tpu"], "'tpu' is not a context"),
+    (["{prefix}", "0", "--shape", "3,32,32", "--ctx", "gpu:0,0"], "names a GPU twice"),
     (["{prefix}", "0", "--shape", "3,32,32", "-o", "precison=fp16"], "did you mean 'precision'"),
     (["{prefix}", "0", "--shape", "foo:3,32,32"], "has no input 'foo'"),
     (["{prefix}", "0", "--shape", "3,32,32", "--http-port", "{busy}"], "choose another port"),
@@ -221,6 +223,6 @@ def test_cli_errors_are_one_line_without_traceback(checkpoint, args, message):
                                *argv],
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    errors = [line for line in done.stderr.splitlines() if line.startswith("mxtrt serve:")]
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], done.stderr
     assert "Traceback" not in done.stderr

@@ -28,8 +28,8 @@ def checkpoint(tmp_path_factory):
 
 
 def export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mxtrt_backend", "export-triton", *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "mxtrt_backend", "export-triton", "--ctx", "cpu",
+                           *args], capture_output=True, text=True, timeout=300)
 
 
 def parsed_config(folder: Path) -> pb.ModelConfig:
@@ -67,14 +67,15 @@ def test_cpu_repository_is_one_onnx_model_equal_to_mxnet(checkpoint, tmp_path):
 
 
 def test_gpu_config_names_a_tensorrt_plan_and_gpu_instance_groups():
+    from mxtrt_backend.cli import Device
     from mxtrt_backend.predictor import Signature, TensorSpec
     from mxtrt_backend.serve import ModelSettings
     from mxtrt_backend.triton_repo import model_config
 
     sig = Signature((TensorSpec("data", np.dtype(np.float16), (3, 8, 8)),),
                     (TensorSpec("out", np.dtype(np.float32), (10,)),))
-    settings = ModelSettings("m", 0, {}, {}, (("gpu", 0), ("gpu", 0), ("gpu", 2), ("gpu", 2)),
-                             32, 100, None)
+    gpus = (Device("gpu", 0), Device("gpu", 0), Device("gpu", 2), Device("gpu", 2))
+    settings = ModelSettings("m", 0, {}, {}, gpus, 32, 100, None)
     cfg = model_config("m", sig, settings, "tensorrt_plan", "model.plan")
     again = text_format.Parse(text_format.MessageToString(cfg), pb.ModelConfig())
     assert again.platform == "tensorrt_plan" and not again.backend
@@ -83,7 +84,6 @@ def test_gpu_config_names_a_tensorrt_plan_and_gpu_instance_groups():
         [(pb.ModelInstanceGroup.KIND_GPU, 2, [0, 2])]
 
 
-@pytest.mark.slow
 def test_partial_graph_is_a_python_backend_model_that_tritonserver_serves(checkpoint, tmp_path):
     repo = tmp_path / "repo"
     done = export(checkpoint, "0", "--shape", "3,32,32", "--out", str(repo), "--name", "partial",
