@@ -88,8 +88,6 @@ def parse_devices(text: str) -> tuple[Device, ...]:
 def devices(args: argparse.Namespace) -> tuple[Device, ...]:
     """Every instance's device: ``--instances`` on each ``--ctx`` device (default as for the
     other commands: gpu:0 when TensorRT can use it, else cpu), each checked; says which."""
-    if args.instances < 1:
-        raise ServeError(f"--instances must be >= 1, not {args.instances}")
     if args.ctx is not None:
         chosen, why = args.ctx, ""
     else:
@@ -115,7 +113,7 @@ def model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ctx", type=parse_devices, default=None, metavar="cpu|gpu:N[,N...]",
                         help="where instances run: cpu, or gpu:0,1,... (one instance per GPU); "
                              "default: gpu:0 when a GPU and TensorRT are usable, else cpu")
-    parser.add_argument("--instances", type=int, default=1,
+    parser.add_argument("--instances", type=cli.positive_int, default=1,
                         help="model instances per device")
     parser.add_argument("--max-batch-size", type=cli.positive_int, default=8,
                         help="largest batch the dynamic batcher forms")
