@@ -11,10 +11,10 @@ instance binds one executor per *chunk size* at start-up and runs a batch as chu
   a batch is one chunk.
 * CPU (ONNX Runtime, one engine per shape): the powers of two up to max, and max. A batch runs as
   the fewest chunks of those sizes, largest first (7 = 4 + 2 + 1). On CPU the time per sample
-  hardly depends on the batch beyond 2, so this costs 0 to 20 % over an engine per size, where
-  padding to the next power of two costs up to 65 %; and it builds log2(max) + 1 engines at
-  start-up instead of max (resnet18_v1: each takes about 1.2 s and 130 MB). Measurements in
-  docs/serving.md.
+  depends little on the batch beyond 2, so this costs 4 to 11 % on average (36 % at worst) over
+  an engine per size, where padding to the next power of two costs 16 to 29 % (76 % at worst);
+  and it builds log2(max) + 1 engines at start-up instead of max (resnet18_v1: each about 130 MB
+  and a second or more to build). Measurements in docs/serving.md.
 """
 from __future__ import annotations
 
