@@ -227,13 +227,11 @@ class Predictor:
             sym = model.sym.optimize_for(activation.BACKEND, args, aux, ctx=ctx,
                                          shape_dict=shape_dict, **opts)
         self._executors = {}
-        # MXNet's default CPU backend (MKLDNN) must not re-partition what stays in MXNet.
-        with activation._subgraph_backend(activation.BACKEND):
-            for size in self.sizes:
-                arrays = {t.name: mx.nd.zeros((size, *t.shape), ctx=ctx, dtype=t.dtype)
-                          for t in (*sig.inputs, *sig.labels)}
-                self._executors[size] = sym.bind(ctx, dict(args, **arrays), aux_states=aux,
-                                                 grad_req="null")
+        for size in self.sizes:  # bound without MXNet's MKLDNN fusion, as every backend symbol
+            arrays = {t.name: mx.nd.zeros((size, *t.shape), ctx=ctx, dtype=t.dtype)
+                      for t in (*sig.inputs, *sig.labels)}
+            self._executors[size] = sym.bind(ctx, dict(args, **arrays), aux_states=aux,
+                                             grad_req="null")
         self._lock = threading.Lock()
         for size in self.sizes:  # warm start: every engine now, none on the hot path
             self._run(self._executors[size])

@@ -198,7 +198,7 @@ def check_onnx(onnx_bytes: bytes, model: Model, sig: Signature, max_batch: int) 
         inputs = {t.name: rng.uniform(-1, 1, (batch, *t.shape)).astype(t.dtype)
                   for t in sig.inputs}
         labels = {t.name: mx.nd.zeros((batch, *t.shape), dtype=t.dtype) for t in sig.labels}
-        with activation._subgraph_backend("NONE"):
+        with activation.subgraph_backend("NONE"):
             ex = model.sym.bind(mx.cpu(), dict(model.args, **labels, **{
                 n: mx.nd.array(v, dtype=v.dtype) for n, v in inputs.items()}),
                 aux_states=model.aux, grad_req="null")
