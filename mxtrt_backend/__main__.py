@@ -28,6 +28,8 @@ SUBCOMMANDS = (
                                     "leaves the rest (subgraphs, refused nodes, a summary line)"),
     Subcommand("bench", "bench", "plain MXNet vs the backend on the same input: latency (median, "
                                  "p90), throughput, speed-up and output difference per batch size"),
+    Subcommand("cache", "cache_command", "the on-disk engine cache: list its engines, clear it, or "
+                                         "prune the least recently used ones beyond a size"),
     Subcommand("doctor", "doctor", "print MXNet, CUDA, GPU, TensorRT and ONNX Runtime versions and "
                                    "check that a tiny network builds and runs through each runtime"),
 )
