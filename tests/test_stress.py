@@ -7,8 +7,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+from contextlib import contextmanager
 
+import mxnet as mx
+import numpy as np
 import pytest
+
+from helpers import forward, rel_err
 
 # Two threads, each on its own symbol, partition in a loop through one of the three entry points.
 # MXNet's custom-partitioner state is process-wide: unserialised, this crashed the process
@@ -100,3 +106,82 @@ def test_two_threads_partitioning_at_once(path, isolated_cache):
 @pytest.mark.parametrize("path", PATHS)
 def test_two_threads_partitioning_at_once_3000_times(path, isolated_cache):
     _partition_in_threads(path, 3000, isolated_cache, timeout=3600)
+
+
+# MXNet's engine can lose a wake-up when several client threads push and wait at once (apache/
+# mxnet#16434): with one thread binding while eight forward, plain MXNet hung too, every thread
+# in WaitForVar and every engine worker idle (docs/reliability.md). The backend must not add to
+# it: binding and creating `_TensorRT` ops never waits for MXNet's work in flight.
+_RELEASE = threading.Event()
+
+
+class _Hold(mx.operator.CustomOp):
+    """Copies its input to its output once _RELEASE is set: MXNet work in flight."""
+
+    def forward(self, is_train, req, in_data, out_data, aux):
+        _RELEASE.wait(300)
+        self.assign(out_data[0], req[0], in_data[0])
+
+
+@mx.operator.register("mxtrt_test_hold")
+class _HoldProp(mx.operator.CustomOpProp):
+    def __init__(self):
+        super().__init__(need_top_grad=False)
+
+    def infer_shape(self, in_shape):
+        return in_shape, in_shape, []
+
+    def create_operator(self, ctx, shapes, dtypes):
+        return _Hold()
+
+
+def _bind_explicitly(sym, args):
+    trt = sym.optimize_for("TensorRT", args, {}, ctx=mx.cpu())
+    return trt.bind(mx.cpu(), dict(args, data=mx.nd.ones((2, 3, 6, 6))), grad_req="null")
+
+
+def _bind_under_the_flag(sym, args):
+    with _flag_on():
+        ex = sym.simple_bind(mx.cpu(), data=(2, 3, 6, 6), grad_req="null", shared_buffer=args)
+    return ex
+
+
+@contextmanager
+def _flag_on():
+    previous = os.environ.get("MXNET_USE_TENSORRT")
+    os.environ["MXNET_USE_TENSORRT"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["MXNET_USE_TENSORRT"]
+        else:
+            os.environ["MXNET_USE_TENSORRT"] = previous
+
+
+@pytest.mark.parametrize("bind", [_bind_explicitly, _bind_under_the_flag],
+                         ids=["optimize_for", "flag"])
+def test_binding_does_not_wait_for_mxnet_work_in_flight(bind):
+    x = mx.sym.Convolution(mx.sym.var("data"), num_filter=4, kernel=(3, 3), name="c")
+    sym = mx.sym.FullyConnected(mx.sym.Activation(x, act_type="tanh"), num_hidden=3, name="fc")
+    shapes = dict(zip(sym.list_arguments(), sym.infer_shape(data=(2, 3, 6, 6))[0]))
+    rng = np.random.RandomState(0)
+    args = {n: mx.nd.array(rng.uniform(-1, 1, s)) for n, s in shapes.items() if n != "data"}
+    final = args["c_weight"].asnumpy() * 2
+    _RELEASE.clear()
+    # Work in flight that writes a weight: anything waiting on that weight waits for _RELEASE.
+    mx.nd.Custom(mx.nd.array(final), op_type="mxtrt_test_hold", out=args["c_weight"])
+    bound: list = []
+    binder = threading.Thread(target=lambda: bound.append(bind(sym, args)), daemon=True)
+    binder.start()
+    binder.join(120)
+    held = binder.is_alive()
+    _RELEASE.set()
+    binder.join(120)
+    assert not held, "binding waited for MXNet's work in flight"
+    ex = bound[0]
+    ex.arg_dict["data"][:] = 1  # simple_bind starts from zeros
+    ex.forward(is_train=False)
+    expected = forward(sym, dict(args, c_weight=mx.nd.array(final)), {},
+                       {"data": np.ones((2, 3, 6, 6), "f")})[0]
+    assert rel_err(ex.outputs[0].asnumpy(), expected) < 1e-5
