@@ -36,17 +36,20 @@ class Converted:
 
 @contextmanager
 def _cache_in(folder: Path) -> Iterator[None]:
-    """Build into ``folder``: the engine cache folder is read from the environment at op creation."""
-    previous = os.environ.get("MXTRT_CACHE_DIR")
-    os.environ["MXTRT_CACHE_DIR"] = str(folder)
+    """Build into ``folder``, keeping every engine whatever the user's cache size limit: the
+    engine cache options are read from the environment at op creation."""
+    settings = {"MXTRT_CACHE_DIR": str(folder), "MXTRT_CACHE_MAX_SIZE": "0"}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     ENGINES.clear_memory()
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ["MXTRT_CACHE_DIR"]
-        else:
-            os.environ["MXTRT_CACHE_DIR"] = previous
+        for name, value in previous.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
         ENGINES.clear_memory()
 
 

@@ -79,3 +79,15 @@ def test_convert_rejects_a_bad_option_before_any_work(checkpoint, tmp_path):
     assert done.returncode == 2
     assert "did you mean 'min_subgraph_size'" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_cache_size_limit_never_drops_engines_of_a_converted_model(checkpoint, tmp_path,
+                                                                      monkeypatch):
+    from mxtrt_backend.convert import convert
+
+    prefix, epoch = checkpoint
+    monkeypatch.setenv("MXTRT_CACHE_MAX_SIZE", "1")  # smaller than any engine
+    result = convert(prefix, epoch, str(tmp_path / "out"), {"data": (16, 1, 8, 8),
+                                                            "softmax_label": (16,)})
+    assert result.subgraphs >= 1
+    assert len(list((tmp_path / "out" / "engines").glob("*.engine"))) == result.subgraphs
