@@ -297,3 +297,24 @@ def test_entries_list_what_each_engine_computes(tmp_path):
     assert found["a"].header["label"] == "conv0 .. fc (12 nodes)"
     assert found["a"].header["runtime"] == "rt" and found["a"].size == (tmp_path / f"{'a' * 64}.engine").stat().st_size
     assert found["b"].header == {}
+
+
+def test_threads_build_a_key_once_and_other_keys_meanwhile(tmp_path):
+    c, release = EngineCache(), threading.Event()
+
+    class Slow(Counter):
+        def build(self) -> bytes:
+            release.wait(60)
+            return super().build()
+
+    slow = Slow()
+    first = threading.Thread(target=lambda: get(c, slow, tmp_path, key="a" * 64))
+    second = threading.Thread(target=lambda: get(c, slow, tmp_path, key="a" * 64))
+    first.start()
+    second.start()
+    # Another key is served while "a" is being built.
+    assert _in_thread(lambda: keyed(c, tmp_path, "b"), timeout=30).source == "built"
+    release.set()
+    first.join(60)
+    second.join(60)
+    assert slow.builds == 1 and len(slow.loads) == 1

@@ -32,6 +32,7 @@ import time
 import weakref
 import zlib
 from collections import Counter, OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -52,8 +53,6 @@ TMP_SUFFIX = ".tmp"
 # static_alloc makes a new op state at every forward, which must find its engine here. An engine
 # an op state replaced (its parameters changed) leaves at once.
 IDLE_ENGINES = 32
-# Build locks serialise builds of one key within the process; keys share a bounded set of them.
-_KEY_LOCKS = 64
 # Folder scans (eviction, clean-up) look at this many entries at most.
 SCAN_LIMIT = 10_000
 # A temporary file untouched this long belongs to a writer that was killed.
@@ -138,7 +137,9 @@ class EngineCache:
         # Engines op states use (held by them), and recently used ones no state holds.
         self._live: weakref.WeakValueDictionary[str, Engine] = weakref.WeakValueDictionary()
         self._idle: OrderedDict[str, Engine] = OrderedDict()
-        self._key_locks = tuple(threading.Lock() for _ in range(_KEY_LOCKS))
+        # Keys being looked up in a bundle, on disk or built: their lock and how many threads
+        # hold or wait for it (an entry leaves with the last one).
+        self._pending: dict[str, tuple[threading.Lock, int]] = {}
         self._guard = threading.Lock()
         self._warned: set[tuple[str, str]] = set()
         # Read-only folders of engines shipped with a converted model (mxtrt_backend.load).
@@ -158,21 +159,21 @@ class EngineCache:
             self._warned.clear()
             self.lookups.clear()
 
-    def in_memory(self) -> int:
-        """How many engines this process holds (used by op states, or recently)."""
-        with self._guard:
-            return len(set(self._live.keys()) | set(self._idle))
-
     def get(self, key: str, store: Store, runtime: str, version: str,
             build: Callable[[], bytes], load: Callable[[bytes], Engine], *, label: str = "",
             replaces: str | None = None) -> Hit:
         """The engine of ``key``: from memory, a bundle, the disk, or ``build``. ``replaces``
         names the engine the caller held before (its parameters changed): it is not kept idle."""
-        with self._key_locks[hash(key) % _KEY_LOCKS]:  # one build per key in this process
-            with self._guard:
-                engine = self._live.get(key)
-            hit = (Hit(engine, "memory") if engine is not None
-                   else self._from_disk(key, store, runtime, version, build, load, label))
+        with self._guard:
+            engine = self._live.get(key)
+        if engine is not None:
+            hit = Hit(engine, "memory")
+        else:
+            with self._one_lookup(key):  # one build per key in this process
+                with self._guard:
+                    engine = self._live.get(key)  # another thread's lookup may have ended
+                hit = (Hit(engine, "memory") if engine is not None
+                       else self._from_disk(key, store, runtime, version, build, load, label))
         with self._guard:
             self._live[key] = hit.engine
             self._idle[key] = hit.engine
@@ -183,6 +184,22 @@ class EngineCache:
                 self._idle.popitem(last=False)
             self.lookups[hit.source] += 1
         return hit
+
+    @contextmanager
+    def _one_lookup(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._pending.get(key, (threading.Lock(), 0))
+            self._pending[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._pending[key]
+                if users == 1:
+                    del self._pending[key]
+                else:
+                    self._pending[key] = (lock, users - 1)
 
     def _from_disk(self, key: str, store: Store, runtime: str, version: str,
                    build: Callable[[], bytes], load: Callable[[bytes], Engine], label: str) -> Hit:
