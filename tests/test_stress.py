@@ -99,7 +99,7 @@ PATHS = ["optimize_for", "flag", "gluon"]
 
 @pytest.mark.parametrize("path", PATHS)
 def test_two_threads_partitioning_at_once(path, isolated_cache):
-    _partition_in_threads(path, 60, isolated_cache, timeout=600)
+    _partition_in_threads(path, 300, isolated_cache, timeout=600)
 
 
 @pytest.mark.slow
