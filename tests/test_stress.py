@@ -224,8 +224,13 @@ BIND_WHILE_FORWARDING = textwrap.dedent("""
     first = executor()
     first.forward()
     expected = float(first.outputs[0].asnumpy().sum())
-    threads = [threading.Thread(target=forwarder) for _ in range(8)]
-    threads.append(threading.Thread(target=binder))
+    def guarded(work):
+        try:
+            work()
+        except Exception as err:
+            failures.append(repr(err))
+
+    threads = [threading.Thread(target=guarded, args=(w,)) for w in [forwarder] * 8 + [binder]]
     for t in threads:
         t.start()
     for t in threads:
