@@ -29,6 +29,10 @@ import numpy as np
 import zoo
 
 TOLERANCE = 1e-4
+# As in test_zoo: float64 arbitrates differences between 1e-4 and 1e-2 (float32 rounding of deep
+# nets); the backend may be this many times as far from float64 as MXNet's own float32.
+FLOAT32_NOISE_FACTOR = 2.0
+ROUNDING_CEILING = 1e-2
 
 
 def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
@@ -250,9 +254,11 @@ def explain(ops: Sequence[str], exported: zoo.Exported, data: Mapping[str, np.nd
             out[n + 2 * k], out[n + 2 * k + 1]
         err = rel_err(pre_out, pre_ref)
         explanation.pre_nms_err.append(err)
-        if err >= TOLERANCE:
+        if err >= TOLERANCE and not _rounding(err, pre_out, pre_ref, exported, data, ref_sym,
+                                              n + 2 * k, explanation):
             explanation.ok = False
-            explanation.message = f"{node['name']} reads a tensor {err:.1e} away from MXNet's"
+            explanation.message = f"{node['name']} reads a tensor {err:.1e} away from " \
+                                  f"MXNet's{explanation.message}"
             return explanation
         for pre, post, who in ((pre_ref, post_ref, "MXNet"), (pre_out, post_out, "backend")):
             if not np.array_equal(box_nms(pre, attrs), post):
@@ -266,6 +272,19 @@ def explain(ops: Sequence[str], exported: zoo.Exported, data: Mapping[str, np.nd
     explanation.ok = False
     explanation.message = "every NMS node agrees, yet the outputs differ"
     return explanation
+
+
+def _rounding(err: float, pre_out: np.ndarray, pre_ref: np.ndarray, exported: zoo.Exported,
+              data: Mapping[str, np.ndarray], ref_sym: mx.sym.Symbol, index: int,
+              explanation: Explanation) -> bool:
+    """Is a pre-NMS difference above the tolerance float32 rounding? As for the zoo's outputs:
+    float64 MXNet arbitrates, the backend may be twice as far from it as MXNet's float32."""
+    if err >= ROUNDING_CEILING:
+        return False
+    exact = zoo.reference_float64(exported, data, ref_sym)[index]
+    noise, to_exact = rel_err(pre_ref, exact), rel_err(pre_out, exact)
+    explanation.message = f" (float64 arbiter: backend {to_exact:.1e}, MXNet float32 {noise:.1e})"
+    return to_exact <= max(TOLERANCE, FLOAT32_NOISE_FACTOR * noise)
 
 
 def _explain_node(explanation: Explanation, node: dict, attrs: Mapping[str, str],

@@ -8,6 +8,7 @@
 (c) Gluon: ``hybridize()`` under the flag, and ``hybridize(backend='TensorRT')``.
 
 Every output must be within 1e-4 relative error (max|out - ref| / max|ref|) of unfused MXNet;
+where a deep net's float32 rounding alone exceeds that, float64 MXNet arbitrates (see `_check`);
 outputs picked by NMS are compared as `nms_check` explains. Each case prints one ``ZOO`` line
 (error, subgraphs, converted share); with ``MXTRT_ZOO_REPORT=path`` set it also appends it to
 that file as JSON. Nets marked slow in the table run with ``-m slow``; CI runs the others.
@@ -27,7 +28,11 @@ import mxtrt_backend
 import nms_check
 import zoo
 
-TOLERANCE = 1e-4
+TOLERANCE = nms_check.TOLERANCE
+# How far from float64 the backend may be, in units of MXNet's own float32 distance from it;
+# no float32 rounding reaches ROUNDING_CEILING: above it the answer is wrong.
+FLOAT32_NOISE_FACTOR = nms_check.FLOAT32_NOISE_FACTOR
+ROUNDING_CEILING = nms_check.ROUNDING_CEILING
 
 
 @dataclass
@@ -36,6 +41,13 @@ class Case:
     exported: zoo.Exported
     data: dict[str, np.ndarray]
     ref: list[np.ndarray]
+    _exact: list[np.ndarray] | None = None
+
+    def exact(self) -> list[np.ndarray]:
+        """Float64 outputs, computed on first use (seconds to a minute: no MKLDNN kernels)."""
+        if self._exact is None:
+            self._exact = zoo.reference_float64(self.exported, self.data)
+        return self._exact
 
 
 @dataclass
@@ -87,10 +99,14 @@ def _record(case: Case, path: str, outcome: Outcome, errors: list[float], nms: s
                     report.converted_nodes, report.compute_nodes, refused, nms)
     print(f"\nZOO {record.net} {path}: rel_err={max(errors):.2e} subgraphs={record.subgraphs} "
           f"converted={record.converted}/{record.compute} {nms}")
+    _report(asdict(record))
+
+
+def _report(entry: dict) -> None:
     target = os.environ.get("MXTRT_ZOO_REPORT")
     if target:
         with open(target, "a") as f:
-            f.write(json.dumps(asdict(record)) + "\n")
+            f.write(json.dumps(entry) + "\n")
 
 
 def _check(case: Case, path: str, outcome: Outcome) -> None:
@@ -98,7 +114,6 @@ def _check(case: Case, path: str, outcome: Outcome) -> None:
     for out, ref in zip(outcome.outputs, case.ref):
         assert out.shape == ref.shape
     errors = [nms_check.rel_err(out, ref) for out, ref in zip(outcome.outputs, case.ref)]
-    nms = ""
     if max(errors) >= TOLERANCE and case.net.nms_ops:
         # Post-NMS picks may differ where scores tie: explain it from the pre-NMS tensors.
         explanation = nms_check.explain(case.net.nms_ops, case.exported, case.data,
@@ -108,7 +123,18 @@ def _check(case: Case, path: str, outcome: Outcome) -> None:
         _record(case, path, outcome, errors, nms)
         assert explanation.ok, nms
         return
-    _record(case, path, outcome, errors, nms)
+    if TOLERANCE <= max(errors) < ROUNDING_CEILING:
+        # Deep nets (dilated ResNets, ResNeSt) differ from one float32 computation to another by
+        # more than 1e-4: MXNet's own float32 results are 1e-4 to 2e-4 away from float64. Then
+        # the backend must be as close to float64 as twice MXNet's float32 distance.
+        exact = case.exact()
+        noise = max(nms_check.rel_err(ref, ex) for ref, ex in zip(case.ref, exact))
+        to_exact = max(nms_check.rel_err(out, ex) for out, ex in zip(outcome.outputs, exact))
+        verdict = f"float64 arbiter: backend {to_exact:.2e}, MXNet float32 {noise:.2e}"
+        _record(case, path, outcome, errors, verdict)
+        assert to_exact <= max(TOLERANCE, FLOAT32_NOISE_FACTOR * noise), (errors, verdict)
+        return
+    _record(case, path, outcome, errors, "")
     assert max(errors) < TOLERANCE, errors
 
 
@@ -191,4 +217,10 @@ def _params(nets: tuple[zoo.ZooNet, ...]) -> list:
 @pytest.mark.parametrize("net,path", _params(zoo.NETS))
 def test_zoo_net_matches_unfused_mxnet(net: zoo.ZooNet, path: str) -> None:
     case = _case(net)
-    _check(case, path, PATHS[path](case))
+    try:
+        outcome = PATHS[path](case)
+    except Exception as err:
+        _report({"net": net.name, "path": path, "error": f"{type(err).__name__}: "
+                 f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}"})
+        raise
+    _check(case, path, outcome)

@@ -13,7 +13,7 @@ import os
 import tempfile
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import mxnet as mx
@@ -41,9 +41,9 @@ class ZooNet:
     # Ops whose outputs are NMS picks: compared through their inputs where picks differ.
     nms_ops: tuple[str, ...] = ()
 
-    @property
-    def input_names(self) -> list[str]:
-        return [i.name for i in self.inputs]
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.name}: kind {self.kind!r} is not one of {KINDS}")
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -170,7 +170,7 @@ def _calibrate_batchnorm(block: mx.gluon.HybridBlock, data: Mapping[str, np.ndar
     hooks = [bn.register_forward_pre_hook(set_statistics) for bn in _blocks(block)
              if isinstance(bn, mx.gluon.nn.BatchNorm)]
     try:
-        _run_imperative(block, data)
+        gluon_forward(block, data)
     finally:
         for hook in hooks:
             hook.detach()
@@ -197,7 +197,7 @@ def _normalise_layers(block: mx.gluon.HybridBlock, data: Mapping[str, np.ndarray
     layers = [b for b in _blocks(block) if isinstance(b, _WEIGHTED_LAYERS)]
     hooks = [layer.register_forward_pre_hook(rescale) for layer in layers]
     try:
-        _run_imperative(block, data)
+        gluon_forward(block, data)
     finally:
         for hook in hooks:
             hook.detach()
@@ -214,7 +214,7 @@ def build(net: ZooNet, seed: int = 0) -> mx.gluon.HybridBlock:
     with warnings.catch_warnings():  # segmentation nets initialise their heads themselves
         warnings.filterwarnings("ignore", "Parameter .* is already initialized")
         block.initialize()
-    _run_imperative(block, zero_inputs(net))
+    gluon_forward(block, zero_inputs(net))
     rng = np.random.RandomState(seed)
     # Registration order, not names: some nets (mobilenetv3) name blocks from global counters,
     # which differ from one build to the next.
@@ -246,15 +246,10 @@ def _flat(out: Any) -> list[mx.nd.NDArray]:
     return [out]
 
 
-def _run_imperative(block: mx.gluon.HybridBlock, data: Mapping[str, np.ndarray]
-                    ) -> list[np.ndarray]:
-    return [o.asnumpy() for o in _flat(block(*[mx.nd.array(v) for v in data.values()]))]
-
-
 def gluon_forward(block: mx.gluon.HybridBlock, data: Mapping[str, np.ndarray]
                   ) -> list[np.ndarray]:
     """Call a (possibly hybridized) block on the inputs, in the table's order; flat outputs."""
-    return _run_imperative(block, data)
+    return [o.asnumpy() for o in _flat(block(*[mx.nd.array(v) for v in data.values()]))]
 
 
 @dataclass
@@ -336,6 +331,24 @@ def reference(exported: Exported, data: Mapping[str, np.ndarray]) -> list[np.nda
     backend's flag off, on its own copy of the parameters."""
     with flag("0"), env("MXNET_SUBGRAPH_BACKEND", "NONE"):
         return bind_forward(exported.sym, exported.copy().params, data)
+
+
+def reference_float64(exported: Exported, data: Mapping[str, np.ndarray],
+                      sym: mx.sym.Symbol | None = None) -> list[np.ndarray]:
+    """The same in float64 (unfused MXNet, without MKLDNN, which has no float64 kernels): the
+    arbiter when two float32 results differ by more than the tolerance. ``sym``: the exported
+    symbol with other outputs, if given."""
+    sym = exported.sym if sym is None else sym
+    params = {k: v.astype("float64") for k, v in exported.params.items()}
+    arg_names = set(sym.list_arguments())
+    with flag("0"), env("MXNET_SUBGRAPH_BACKEND", "NONE"):
+        ex = sym.simple_bind(mx.cpu(), grad_req="null",
+                                      type_dict={k: "float64" for k in [*params, *data]},
+                                      **{k: v.shape for k, v in data.items()})
+        ex.copy_params_from({k: v for k, v in params.items() if k in arg_names},
+                            {k: v for k, v in params.items() if k not in arg_names})
+        ex.forward(is_train=False, **{k: mx.nd.array(v, dtype="float64") for k, v in data.items()})
+        return [o.asnumpy() for o in ex.outputs]
 
 
 def op_nodes(sym: mx.sym.Symbol, op: str) -> list[dict]:
