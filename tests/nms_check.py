@@ -5,9 +5,9 @@ out. So when a backend's detections differ from MXNet's, `explain` checks, from 
 NMS nodes read and wrote in both runs:
 
 1. the backend's graph, bound again with those tensors as extra outputs, reproduces its outputs;
-2. every NMS node reads a tensor within the tolerance of MXNet's (the conversion is right up to
-   the NMS), and MXNet's own box_nms maps each run's input to that run's output (the NMS itself
-   is MXNet's, unchanged);
+2. every NMS node reads a tensor within the tolerance of MXNet's, or within float32 rounding
+   (`zoo.arbitrate`): the conversion is right up to the NMS; and MXNet's own box_nms maps each
+   run's input to that run's output (the NMS itself is MXNet's, unchanged);
 3. the first NMS node whose picks differ is replayed here (`greedy_nms`, MXNet's algorithm,
    checked against MXNet's result on both inputs), and every decision that came out differently
    is listed with its margin: two scores sorted the other way (their gap), a box suppressed in
@@ -27,19 +27,7 @@ import mxnet as mx
 import numpy as np
 
 import zoo
-
-TOLERANCE = 1e-4
-# As in test_zoo: float64 arbitrates differences between 1e-4 and 1e-2 (float32 rounding of deep
-# nets); the backend may be this many times as far from float64 as MXNet's own float32.
-FLOAT32_NOISE_FACTOR = 2.0
-ROUNDING_CEILING = 1e-2
-
-
-def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
-    """max|out - ref| / max|ref|: the tolerance measure of the zoo."""
-    if out.size == 0:
-        return 0.0
-    return float(np.abs(out.astype("f8") - ref).max() / max(np.abs(ref).max(), 1e-12))
+from zoo import TOLERANCE, rel_err
 
 
 # --- MXNet's box_nms, replayed with its decisions ----------------------------------------------
@@ -254,12 +242,18 @@ def explain(ops: Sequence[str], exported: zoo.Exported, data: Mapping[str, np.nd
             out[n + 2 * k], out[n + 2 * k + 1]
         err = rel_err(pre_out, pre_ref)
         explanation.pre_nms_err.append(err)
-        if err >= TOLERANCE and not _rounding(err, pre_out, pre_ref, exported, data, ref_sym,
-                                              n + 2 * k, explanation):
-            explanation.ok = False
-            explanation.message = f"{node['name']} reads a tensor {err:.1e} away from " \
-                                  f"MXNet's{explanation.message}"
-            return explanation
+        if err >= TOLERANCE:
+            index = n + 2 * k
+            ok, verdict = zoo.arbitrate(
+                [pre_out], [pre_ref],
+                lambda: [zoo.reference_float64(exported, data, ref_sym)[index]],
+                lambda: [zoo.bind_forward(ref_sym, exported.copy().params, data)[index]])
+            explanation.message = verdict
+            if not ok:
+                explanation.ok = False
+                explanation.message = f"{node['name']} reads a tensor {err:.1e} away from " \
+                                      f"MXNet's ({verdict})"
+                return explanation
         for pre, post, who in ((pre_ref, post_ref, "MXNet"), (pre_out, post_out, "backend")):
             if not np.array_equal(box_nms(pre, attrs), post):
                 explanation.ok = False
@@ -272,19 +266,6 @@ def explain(ops: Sequence[str], exported: zoo.Exported, data: Mapping[str, np.nd
     explanation.ok = False
     explanation.message = "every NMS node agrees, yet the outputs differ"
     return explanation
-
-
-def _rounding(err: float, pre_out: np.ndarray, pre_ref: np.ndarray, exported: zoo.Exported,
-              data: Mapping[str, np.ndarray], ref_sym: mx.sym.Symbol, index: int,
-              explanation: Explanation) -> bool:
-    """Is a pre-NMS difference above the tolerance float32 rounding? As for the zoo's outputs:
-    float64 MXNet arbitrates, the backend may be twice as far from it as MXNet's float32."""
-    if err >= ROUNDING_CEILING:
-        return False
-    exact = zoo.reference_float64(exported, data, ref_sym)[index]
-    noise, to_exact = rel_err(pre_ref, exact), rel_err(pre_out, exact)
-    explanation.message = f" (float64 arbiter: backend {to_exact:.1e}, MXNet float32 {noise:.1e})"
-    return to_exact <= max(TOLERANCE, FLOAT32_NOISE_FACTOR * noise)
 
 
 def _explain_node(explanation: Explanation, node: dict, attrs: Mapping[str, str],
@@ -308,5 +289,6 @@ def _explain_node(explanation: Explanation, node: dict, attrs: Mapping[str, str]
         explanation.message = f"{node['name']}: picks differ without any decision flip"
         return explanation
     explanation.message = f"first differing NMS: {node['name']}, score error " \
-                          f"{np.abs(pre_out - pre_ref)[..., p.score_index].max():.1e}"
+        f"{np.abs(pre_out - pre_ref)[..., p.score_index].max():.1e}" + \
+        (f", {explanation.message}" if explanation.message else "")
     return explanation

@@ -21,6 +21,20 @@ import numpy as np
 
 KINDS = ("classification", "detection", "segmentation", "pose", "nlp")
 
+# Outputs must be within TOLERANCE (rel_err) of unfused MXNet. Between it and ROUNDING_CEILING,
+# `arbitrate` decides whether the difference is float32 rounding; above it, it never is.
+TOLERANCE = 1e-4
+ROUNDING_CEILING = 1e-2
+# How far from float64 the backend may be, in units of MXNet's own float32 distance from it.
+FLOAT32_NOISE_FACTOR = 2.0
+
+
+def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
+    """max|out - ref| / max|ref|: the tolerance measure of the zoo."""
+    if out.size == 0:
+        return 0.0
+    return float(np.abs(out.astype("f8") - ref).max() / max(np.abs(ref).max(), 1e-12))
+
 
 @dataclass(frozen=True)
 class Input:
@@ -106,7 +120,7 @@ NETS: tuple[ZooNet, ...] = (
     ZooNet("fcn_resnet50_voc", "segmentation",
            _gluoncv("fcn_resnet50_voc", crop_size=240, **_NO_BASE), _image(240, 240), slow=True),
     ZooNet("psp_resnet50_ade", "segmentation",
-           _gluoncv("psp_resnet50_ade", crop_size=240, **_NO_BASE), _image(240, 240), slow=True),
+           _gluoncv("psp_resnet50_ade", crop_size=120, **_NO_BASE), _image(120, 120)),
     ZooNet("deeplab_resnet50_ade", "segmentation",
            _gluoncv("deeplab_resnet50_ade", crop_size=240, **_NO_BASE), _image(240, 240),
            slow=True),
@@ -353,3 +367,33 @@ def reference_float64(exported: Exported, data: Mapping[str, np.ndarray],
 
 def op_nodes(sym: mx.sym.Symbol, op: str) -> list[dict]:
     return [n for n in json.loads(sym.tojson())["nodes"] if n["op"] == op]
+
+
+# --- Comparing ------------------------------------------------------------------------------
+
+
+def arbitrate(outs: Sequence[np.ndarray], refs: Sequence[np.ndarray],
+              exact: Callable[[], Sequence[np.ndarray]],
+              default: Callable[[], Sequence[np.ndarray]]) -> tuple[bool, str]:
+    """Is a difference between 1e-4 and 1e-2 from unfused MXNet float32 rounding?
+
+    Deep nets (dilated ResNets, ResNeSt, Faster R-CNN's RPN) differ from one float32
+    computation to another by more than 1e-4. float64 MXNet (``exact``) arbitrates: the backend
+    may be FLOAT32_NOISE_FACTOR times as far from it as MXNet's own float32. Where MXNet cannot
+    compute the net in float64 (ops that make float32 constants), MXNet's default CPU path
+    (``default``, MKLDNN-fused) gives the float32 spread instead."""
+    err = max(rel_err(o, r) for o, r in zip(outs, refs))
+    if err >= ROUNDING_CEILING:
+        return False, ""
+    try:
+        truth = exact()
+    except (mx.MXNetError, RuntimeError) as failure:
+        spread = max(rel_err(d, r) for d, r in zip(default(), refs))
+        reason = str(failure).strip().splitlines()[-1][:80]
+        return (spread < ROUNDING_CEILING and err <= max(TOLERANCE, FLOAT32_NOISE_FACTOR * spread),
+                f"no float64 ({reason}); MXNet's default path differs from unfused by "
+                f"{spread:.1e}")
+    noise = max(rel_err(r, t) for r, t in zip(refs, truth))
+    to_exact = max(rel_err(o, t) for o, t in zip(outs, truth))
+    return (to_exact <= max(TOLERANCE, FLOAT32_NOISE_FACTOR * noise),
+            f"float64 arbiter: backend {to_exact:.1e}, MXNet float32 {noise:.1e}")
