@@ -27,7 +27,8 @@ import mxnet as mx
 import numpy as np
 
 import zoo
-from zoo import TOLERANCE, rel_err
+from helpers import rel_err, unfused
+from zoo import TOLERANCE
 
 
 # --- MXNet's box_nms, replayed with its decisions ----------------------------------------------
@@ -223,7 +224,7 @@ def explain(ops: Sequence[str], exported: zoo.Exported, data: Mapping[str, np.nd
     """Why do a backend's detections (``outputs``, computed by ``partitioned`` with
     ``params``) differ from unfused MXNet's (``ref_outputs``, from ``exported``)?"""
     ref_sym, n = with_nms_tensors(exported.sym, ops)
-    with zoo.flag("0"), zoo.env("MXNET_SUBGRAPH_BACKEND", "NONE"):
+    with zoo.flag("0"), unfused():
         ref = zoo.bind_forward(ref_sym, exported.copy().params, data)
     out_sym, m = with_nms_tensors(partitioned, ops)
     with zoo.flag("0"):

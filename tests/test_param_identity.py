@@ -11,12 +11,10 @@ on the same parameter arrays (`shared_buffer=all_params`), then `copy_params_fro
 """
 from __future__ import annotations
 
-import os
-
 import mxnet as mx
 import numpy as np
 
-from conftest import rel_err
+from helpers import rel_err, unfused
 
 FORWARDS = 40
 
@@ -28,12 +26,10 @@ def _net() -> mx.sym.Symbol:
 
 
 def _unfused(sym, weights, x):
-    os.environ["MXNET_SUBGRAPH_BACKEND"] = "NONE"
-    try:
-        args = {"data": x, **{k: mx.nd.array(v) for k, v in weights.items()}}
-        return sym.bind(mx.cpu(), args, grad_req="null").forward(is_train=False)[0].asnumpy()
-    finally:
-        del os.environ["MXNET_SUBGRAPH_BACKEND"]
+    with unfused():
+        ex = sym.bind(mx.cpu(), {"data": x, **{k: mx.nd.array(v) for k, v in weights.items()}},
+                      grad_req="null")
+    return ex.forward(is_train=False)[0].asnumpy()
 
 
 def test_weights_copied_into_mkldnn_layout_arrays_reach_the_engine():

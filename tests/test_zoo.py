@@ -29,6 +29,7 @@ import pytest
 import mxtrt_backend
 import nms_check
 import zoo
+from helpers import rel_err
 
 TOLERANCE = zoo.TOLERANCE
 
@@ -113,7 +114,7 @@ def _check(case: Case, path: str, outcome: Outcome) -> None:
     assert len(outcome.outputs) == len(case.ref)
     for out, ref in zip(outcome.outputs, case.ref):
         assert out.shape == ref.shape
-    errors = [zoo.rel_err(out, ref) for out, ref in zip(outcome.outputs, case.ref)]
+    errors = [rel_err(out, ref) for out, ref in zip(outcome.outputs, case.ref)]
     if max(errors) >= TOLERANCE and case.net.nms_ops:
         # Post-NMS picks may differ where scores tie: explain it from the pre-NMS tensors.
         explanation = nms_check.explain(case.net.nms_ops, case.exported, case.data,

@@ -19,7 +19,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import mxnet as mx
 import numpy as np
 
+from helpers import rel_err, unfused
+
 KINDS = ("classification", "detection", "segmentation", "pose", "nlp")
+FLAG = "MXNET_USE_TENSORRT"
 
 # Outputs must be within TOLERANCE (rel_err) of unfused MXNet. Between it and ROUNDING_CEILING,
 # `arbitrate` decides whether the difference is float32 rounding; above it, it never is.
@@ -27,13 +30,6 @@ TOLERANCE = 1e-4
 ROUNDING_CEILING = 1e-2
 # How far from float64 the backend may be, in units of MXNet's own float32 distance from it.
 FLOAT32_NOISE_FACTOR = 2.0
-
-
-def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
-    """max|out - ref| / max|ref|: the tolerance measure of the zoo."""
-    if out.size == 0:
-        return 0.0
-    return float(np.abs(out.astype("f8") - ref).max() / max(np.abs(ref).max(), 1e-12))
 
 
 @dataclass(frozen=True)
@@ -288,24 +284,18 @@ class Exported:
 @contextmanager
 def flag(value: str | None) -> Iterator[None]:
     """MXNET_USE_TENSORRT set to ``value`` (None: unset) for the duration of the block."""
-    with env("MXNET_USE_TENSORRT", value):
-        yield
-
-
-@contextmanager
-def env(name: str, value: str | None) -> Iterator[None]:
-    previous = os.environ.get(name)
+    previous = os.environ.get(FLAG)
     if value is None:
-        os.environ.pop(name, None)
+        os.environ.pop(FLAG, None)
     else:
-        os.environ[name] = value
+        os.environ[FLAG] = value
     try:
         yield
     finally:
         if previous is None:
-            os.environ.pop(name, None)
+            os.environ.pop(FLAG, None)
         else:
-            os.environ[name] = previous
+            os.environ[FLAG] = previous
 
 
 def export(net: ZooNet, seed: int = 0) -> Exported:
@@ -343,7 +333,7 @@ def bind_forward(sym: mx.sym.Symbol, params: Mapping[str, mx.nd.NDArray],
 def reference(exported: Exported, data: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Outputs of unfused MXNet: a symbol bind with MXNET_SUBGRAPH_BACKEND=NONE and the
     backend's flag off, on its own copy of the parameters."""
-    with flag("0"), env("MXNET_SUBGRAPH_BACKEND", "NONE"):
+    with flag("0"), unfused():
         return bind_forward(exported.sym, exported.copy().params, data)
 
 
@@ -355,7 +345,7 @@ def reference_float64(exported: Exported, data: Mapping[str, np.ndarray],
     sym = exported.sym if sym is None else sym
     params = {k: v.astype("float64") for k, v in exported.params.items()}
     arg_names = set(sym.list_arguments())
-    with flag("0"), env("MXNET_SUBGRAPH_BACKEND", "NONE"):
+    with flag("0"), unfused():
         ex = sym.simple_bind(mx.cpu(), grad_req="null",
                                       type_dict={k: "float64" for k in [*params, *data]},
                                       **{k: v.shape for k, v in data.items()})
