@@ -73,7 +73,9 @@ def enabled(environ: Mapping[str, str] | None = None) -> bool:
 
 
 @contextmanager
-def _subgraph_backend(name: str) -> Iterator[None]:
+def subgraph_backend(name: str) -> Iterator[None]:
+    """MXNET_SUBGRAPH_BACKEND=name for the binds inside (MXNet reads it at bind): "NONE" binds
+    plain MXNet unfused; our backend's name keeps MXNet's own backend off a partitioned graph."""
     with _partition_lock:
         previous = os.environ.get(SUBGRAPH_ENV)
         os.environ[SUBGRAPH_ENV] = name
@@ -115,6 +117,23 @@ def _given_values(result: Any, args: Mapping[str, Any] | None, aux: Mapping[str,
     return {name: value for name, value in given.items() if name in inputs and name not in data}
 
 
+# MXNet cannot load a `_TensorRT` node before `import mxtrt_backend` registers the op, and its
+# error names the node: "Failed loading Op <name> of type _TensorRT: ... Operator _TensorRT is not
+# registered". The name carries the fix.
+NAME_HINT = "_needs_import_mxtrt_backend"
+
+
+def _name_with_hint(sym: Any) -> None:
+    """Rename the `_TensorRT` nodes of ``sym`` in place ("_op0" -> "_op0" + NAME_HINT)."""
+    ops = {node["name"]: node["op"] for node in json.loads(sym.tojson())["nodes"]}
+    internals = sym.get_internals()  # shares its nodes with sym
+    for i in range(len(internals.list_outputs())):
+        node = internals[i]
+        # A further output of a node renamed here has a name not in `ops`.
+        if ops.get(node.name) == OP_NAME and not node.name.endswith(NAME_HINT):
+            node._set_attr(name=node.name + NAME_HINT)
+
+
 def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
     """Symbol.optimize_for for our backend: one partitioning at a time, a report per call, our
     own errors (MXNet drops a partitioner's message), and a symbol that remembers the values."""
@@ -141,6 +160,7 @@ def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
                 if err is None:
                     raise
                 raise err from mx_err
+        _name_with_hint(result)
         partitioned = PartitionedSymbol(result.handle)
         result.handle = None  # the handle now belongs to `partitioned`
         partitioned.report = report
@@ -241,7 +261,7 @@ def _hook_binder(original: Callable[..., Any], plan: Plan) -> Callable[..., Any]
         if not ours:
             return original(self, *args, **kwargs)
         call.arguments["self"] = partitioned
-        with _subgraph_backend(BACKEND):  # MXNet's own backend would re-partition the rest
+        with subgraph_backend(BACKEND):  # MXNet's own backend would re-partition the rest
             executor = original(*call.args, **call.kwargs)
         if partitioned is not self:
             _in_source_order(executor, partitioned, self)
@@ -292,7 +312,7 @@ def _hook_reshape(original: Callable[..., Any]) -> Callable[..., Any]:
         partitioned = getattr(self, "_mxtrt_partitioned", None)
         if training is None and partitioned is None:
             return original(self, *args, **kwargs)
-        with _subgraph_backend(BACKEND):
+        with subgraph_backend(BACKEND):
             executor = original(self, *args, **kwargs)
         executor._mxtrt_training = training
         if partitioned is not None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
-from pathlib import Path
 
 import mxnet as mx
 import pytest
@@ -13,8 +11,6 @@ import pytest
 from mxtrt_backend import cli
 from mxtrt_backend.engine import gpu
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
-BEGIN, END = "<!-- begin: cli.arguments_table() -->", "<!-- end: cli.arguments_table() -->"
 NO_GPU = cli.gpu_problem(cli.Device("gpu", 0)) is not None
 
 
@@ -141,12 +137,3 @@ def test_the_python_m_entry_point_is_the_cli():
     from mxtrt_backend import __main__
 
     assert __main__.main is cli.main
-
-
-def test_docs_list_every_argument_of_every_command():
-    text = DOCS.read_text()
-    found = re.search(re.escape(BEGIN) + r"\n(.*)" + re.escape(END), text, re.S)
-    assert found, f"{DOCS} lacks the {BEGIN} ... {END} block"
-    assert found.group(1) == cli.arguments_table(), (
-        f"{DOCS} is out of date: replace the block with the output of "
-        "python -c 'from mxtrt_backend import cli; print(cli.arguments_table(), end=\"\")'")
