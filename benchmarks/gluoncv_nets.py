@@ -23,8 +23,8 @@ from run_all import Recorder, bare_session, environ, interleaved, ms, rel_err
 
 NETS: dict[str, tuple[int, int]] = {  # name -> input height, width
     "xception": (299, 299),
-    "deeplab_resnet50_ade": (480, 480),
-    "fcn_resnet50_voc": (480, 480),
+    "deeplab_resnet50_ade": (240, 240),
+    "fcn_resnet50_voc": (240, 240),
 }
 
 
