@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from mxnet import gluon
 
-from helpers import environ, forward, rel_err
+from helpers import environ, forward, random_params, rel_err
 from mxtrt_backend import support
 from mxtrt_backend.partition import PartitionReport
 
@@ -116,14 +116,9 @@ def recipes(draw: st.DrawFn, max_nodes: int = 8) -> Recipe:
 
 
 def random_values(sym: mx.sym.Symbol, shapes: dict[str, tuple[int, ...]], seed: int):
-    rng = np.random.RandomState(seed)
-    arg_shapes, _, aux_shapes = sym.infer_shape(**shapes)
-    args = {n: mx.nd.array(rng.uniform(-0.6, 0.6, s))
-            for n, s in zip(sym.list_arguments(), arg_shapes) if n not in shapes}
-    aux = {n: mx.nd.array(rng.uniform(0.5, 1.5, s) if n.endswith("var") else rng.uniform(-0.2, 0.2, s))
-           for n, s in zip(sym.list_auxiliary_states(), aux_shapes)}
-    data = {n: rng.uniform(-1.5, 1.5, s).astype("f") for n, s in shapes.items()}
-    return args, aux, data
+    args, aux = random_params(sym, shapes, seed)
+    rng = np.random.RandomState(seed + 1000)
+    return args, aux, {n: rng.uniform(-1.5, 1.5, s).astype("f") for n, s in shapes.items()}
 
 
 def _outputs(result) -> list[np.ndarray]:
