@@ -30,24 +30,30 @@ class OpSupport:
     float16_problem: str | None = None
     # How the op computes something else in training mode (the engines run inference), or None.
     in_training: Predicate | None = None
+    # Its export computes MXNet's integer arithmetic exactly, on int32/int64 tensors TensorRT
+    # keeps as such (shape computations, indices).
+    integers: bool = False
 
 
 REGISTRY: dict[str, OpSupport] = {}
 
-# TensorRT computes in these; integer and double tensors inside an engine are not worth the
-# restrictions they bring (most TensorRT layers refuse them).
+# TensorRT computes in these; double tensors inside an engine are not worth the restrictions
+# they bring (TensorRT casts them down).
 SUPPORTED_DTYPES = ("float32", "float16")
+# TensorRT 10 keeps these for shape computations, indices and the layers that take them (the
+# ops registered with integers=True).
+INTEGER_DTYPES = ("int32", "int64")
 
 
 def register(*ops: str, param_slots: tuple[int, ...] = (), check_inputs: InputsCheck | None = None,
-             float16_problem: str | None = None, in_training: Predicate | None = None
-             ) -> Callable[[Predicate], Predicate]:
+             float16_problem: str | None = None, in_training: Predicate | None = None,
+             integers: bool = False) -> Callable[[Predicate], Predicate]:
     """Register one predicate for one or more ops (ops that share their rules)."""
 
     def add(check: Predicate) -> Predicate:
         for op in ops:
             REGISTRY[op] = OpSupport(op, check, param_slots, check_inputs, float16_problem,
-                                     in_training)
+                                     in_training, integers)
         return check
 
     return add
@@ -57,9 +63,10 @@ def always(_: Attrs) -> str | None:
     return None
 
 
-def _dtype_problem(outputs: Sequence[TensorInfo]) -> str | None:
-    bad = [t.dtype for t in outputs if t.dtype is not None and t.dtype not in SUPPORTED_DTYPES]
-    return (f"output dtype {bad[0]} is not supported (supported: {', '.join(SUPPORTED_DTYPES)})"
+def _dtype_problem(outputs: Sequence[TensorInfo], integers: bool) -> str | None:
+    allowed = SUPPORTED_DTYPES + (INTEGER_DTYPES if integers else ())
+    bad = [t.dtype for t in outputs if t.dtype is not None and t.dtype not in allowed]
+    return (f"output dtype {bad[0]} is not supported (supported: {', '.join(allowed)})"
             if bad else None)
 
 
@@ -73,7 +80,7 @@ def refusal(op: str, attrs: Attrs, exclude_ops: tuple[str, ...] = (),
     entry = REGISTRY.get(op)
     if entry is None:
         return "no converter for this op"
-    problem = _dtype_problem(outputs) or entry.check(attrs)
+    problem = entry.check(attrs) or _dtype_problem(outputs, entry.integers)
     if problem is None and entry.float16_problem is not None and any(
             t.dtype == "float16" for t in (*inputs, *outputs)):
         problem = f"float16: {entry.float16_problem}"
@@ -86,6 +93,12 @@ def training_difference(op: str, attrs: Attrs) -> str | None:
     """How a supported node computes something else in training mode, or None."""
     entry = REGISTRY.get(op)
     return entry.in_training(attrs) if entry and entry.in_training else None
+
+
+def needs_shapes(op: str, inputs: Sequence[TensorInfo]) -> bool:
+    """Whether the op's checks read input shapes that type inference did not provide."""
+    entry = REGISTRY.get(op)
+    return bool(entry and entry.check_inputs) and any(t.shape is None for t in inputs)
 
 
 def param_slots(op: str) -> tuple[int, ...]:

@@ -46,29 +46,10 @@ def _batch_norm(attrs: Attrs) -> str | None:
     )
 
 
-def _full_pooling_inputs(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | None:
-    """pooling_convention=full is ONNX's ceil_mode, except that ONNX drops a last window that
-    would start in the right padding and MXNet keeps it. Fine when no window can start there."""
-    if attrs.get("pooling_convention", "valid") != "full" or flag(attrs, "global_pool", False):
-        return None
-    kernel = [k or 0 for k in ints(attrs, "kernel")]
-    stride = [s or 1 for s in ints(attrs, "stride")] or [1] * len(kernel)
-    pad = [p or 0 for p in ints(attrs, "pad")] or [0] * len(kernel)
-    if not any(pad) and all(s <= k for s, k in zip(stride, kernel)):
-        return None
-    shape = inputs[0].shape if inputs else None
-    if shape is None:
-        return ("pooling_convention=full with padding or stride > kernel needs the input shape at "
-                "partition time")
-    for size, k, s, p in zip(shape[2:], kernel, stride, pad):
-        last_start = -(-(size + 2 * p - k) // s) * s
-        if last_start >= size + p:
-            return "pooling_convention=full: a last window in the padding, which ONNX drops"
-    return None
-
-
-@register("Pooling", check_inputs=_full_pooling_inputs)
+@register("Pooling")
 def _pooling(attrs: Attrs) -> str | None:
+    # pooling_convention=full: converters.pooling pads explicitly (MXNet's output size and
+    # averaging counts at the edges).
     pool_type = attrs.get("pool_type", "max")
     global_pool = flag(attrs, "global_pool", False)
     valid = attrs.get("pooling_convention", "valid") == "valid"
@@ -78,9 +59,6 @@ def _pooling(attrs: Attrs) -> str | None:
         one_of(attrs, "pooling_convention", ("valid", "full"), "valid"),
         None if pool_type != "lp" or global_pool or valid
         else "lp pooling needs pooling_convention=valid",
-        # ONNX's ceil_mode averages a clipped edge window over fewer elements than MXNet does.
-        None if pool_type != "avg" or global_pool or valid
-        else "avg pooling with pooling_convention=full differs from ONNX at the edges",
         None if pool_type != "lp" or not global_pool
         else "global lp pooling differs from ONNX's GlobalLpPool",
     )
@@ -187,11 +165,8 @@ def _l2_normalization(attrs: Attrs) -> str | None:
     return one_of(attrs, "mode", ("channel",), "instance")
 
 
-@register("_contrib_AdaptiveAvgPooling2D")
-def _adaptive_avg_pooling(attrs: Attrs) -> str | None:
-    if all(size == 1 for size in ints(attrs, "output_size")):
-        return None
-    return "adaptive pooling to output_size != 1 is not supported"
+# Any output size: converters.pooling averages with MatMuls over MXNet's windows.
+register("_contrib_AdaptiveAvgPooling2D")(always)
 
 
 @register("_contrib_BilinearResize2D")

@@ -1,0 +1,56 @@
+"""Converters that mx2onnx lacks, or whose outputs it declares with the wrong dtype (later
+converters make their constants of the declared dtype, so a wrong declaration breaks them)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from ._emit import Emitter
+
+Converter = Callable[..., Any]
+
+
+def softmax_activation(node: dict, **kwargs: Any) -> list:
+    # MXNet: mode=instance normalises over the last axis, mode=channel over axis 1.
+    e = Emitter(node, kwargs)
+    axis = 1 if e.attr("mode", "instance") == "channel" else -1
+    e.op("Softmax", e.inputs[0], out=e.name, axis=axis)
+    return e.nodes
+
+
+def shape_array(node: dict, **kwargs: Any) -> tuple:
+    e = Emitter(node, kwargs)
+    e.op("Shape", e.inputs[0], out=e.name)
+    return e.nodes, (np.dtype("int64"),)
+
+
+def arange(node: dict, **kwargs: Any) -> tuple:
+    """A constant: the values MXNet's kernel writes, start + (i // repeat) * step in the output
+    dtype, for ceil((stop - start) / step) steps computed in double as MXNet does."""
+    e = Emitter(node, kwargs)
+    dtype = np.dtype(e.attr("dtype", "float32"))
+    start, step = float(e.attr("start", "0")), float(e.attr("step", "1"))
+    repeat = int(e.attr("repeat", "1"))
+    stop_attr = e.attr("stop", "None")
+    if stop_attr == "None":  # arange(n): 0 to n
+        start, stop = 0.0, start
+    else:
+        stop = float(stop_attr)
+    count = max(int(np.ceil((stop - start) / step)), 0)
+    index = (np.arange(count * repeat) // repeat).astype(dtype)
+    values = (dtype.type(start) + index * dtype.type(step)).astype(dtype)
+    e.op("Identity", e.const(values, dtype), out=e.name)
+    return e.nodes, (dtype,)
+
+
+def topk(original: Converter) -> Converter:
+    """mx2onnx's TopK, with the dtypes of its outputs declared (indices are 'dtype')."""
+
+    def convert(node: dict, **kwargs: Any) -> tuple:
+        e = Emitter(node, kwargs)
+        indices = np.dtype(e.attr("dtype", "float32"))
+        ret = e.attr("ret_typ", "indices")
+        dtypes = {"both": (e.dtypes[0], indices), "value": (e.dtypes[0],)}.get(ret, (indices,))
+        return original(node, **kwargs), dtypes
+
+    return convert
