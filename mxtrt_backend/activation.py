@@ -133,8 +133,8 @@ def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
                         kwargs["dedup_subgraph"])
             kwargs["dedup_subgraph"] = "False"
         values = dict(args or {}, **(aux or {}))
-        known = partition.infer(self, values, kwargs.get("shape_dict"), kwargs.get("type_dict"))
-        with _partition_lock, partition.reporting() as report, partition.knowing(known):
+        with _partition_lock, partition.reporting() as report, partition.inferring(
+                self, values, kwargs.get("shape_dict"), kwargs.get("type_dict")):
             callbacks.take_partition_error()
             try:
                 result = original(self, backend, args, aux, *rest, **kwargs)

@@ -157,9 +157,10 @@ def inference_hint(err: Exception, sym: Any, given: Iterable[str],
 
 
 @contextmanager
-def knowing(known: Known) -> Iterator[None]:
-    """What `infer` found, for the partitioning under way on this thread."""
-    token = _known.set(known)
+def inferring(sym: Any, values: Mapping[str, Any], shapes: Mapping[str, Sequence[int]] | None,
+              types: Mapping[str, Any] | None) -> Iterator[None]:
+    """`infer`'s findings, for the partitioning under way on this thread."""
+    token = _known.set(infer(sym, values, shapes, types))
     try:
         yield
     finally:
@@ -211,14 +212,21 @@ def select(graph_json: str, options: Options) -> list[bool]:
                                  outputs)
         if reason:
             report.refused.append(Refusal(node["name"], node["op"], reason))
-            if support.needs_shapes(node["op"], inputs):
+            if isinstance(reason, support.ShapeNeeded):
                 for_shapes.append(node["op"])
         flags.append(reason is None)
     if for_shapes:
-        unknown = [n["name"] for n in nodes if n["op"] == "null"
-                   and _tensor_info(n, 0).shape is None and n["name"] not in options.param_inputs]
-        report.hints.append(_shapes_hint(for_shapes, unknown))
+        report.hints.append(_shapes_hint(for_shapes, _unknown_data_inputs(nodes, options)))
     return flags
+
+
+def _unknown_data_inputs(nodes: Sequence[dict], options: Options) -> list[str]:
+    """Inputs of unknown shape that are not parameters (MXNet infers those from the data)."""
+    params = {src for node in nodes for slot, (src, *_) in enumerate(node["inputs"])
+              if slot in support.param_slots(node["op"])}
+    return [node["name"] for index, node in enumerate(nodes)
+            if node["op"] == "null" and index not in params
+            and node["name"] not in options.param_inputs and _tensor_info(node, 0).shape is None]
 
 
 def _shapes_hint(ops: Sequence[str], unknown: Sequence[str]) -> str:

@@ -188,6 +188,11 @@ def test_report_says_which_shapes_would_convert_more():
     report = mxtrt_backend.last_report()
     assert report.converted_nodes == report.compute_nodes == 3 and report.hints == []
     assert [op for op in op_names(trt_sym) if op != "null"] == ["_TensorRT"]
+    # Known, but 4-D: refused for its rank, and no shape would change that.
+    sym.optimize_for("TensorRT", {}, {}, ctx=mx.cpu(), shape_dict={"data": (2, 5, 3, 3)},
+                     min_subgraph_size="1")
+    report = mxtrt_backend.last_report()
+    assert [r.op for r in report.refused] == ["LeakyReLU"] and report.hints == []
 
 
 def test_dtypes_are_known_without_parameter_values():

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from . import detection, elementwise, nn, reduce, tensor  # noqa: F401  each registers its ops
 from ._registry import (INTEGER_DTYPES, REGISTRY, SUPPORTED_DTYPES, Attrs, OpSupport,
-                        Predicate, TensorInfo, always, needs_shapes, param_slots, refusal,
+                        Predicate, ShapeNeeded, TensorInfo, always, param_slots, refusal,
                         register, training_difference)
 
 __all__ = ["INTEGER_DTYPES", "REGISTRY", "SUPPORTED_DTYPES", "Attrs", "OpSupport", "Predicate",
-           "TensorInfo", "always", "needs_shapes", "param_slots", "refusal", "register",
+           "ShapeNeeded", "TensorInfo", "always", "param_slots", "refusal", "register",
            "training_difference"]

@@ -19,6 +19,11 @@ class TensorInfo:
 InputsCheck = Callable[[Attrs, Sequence[TensorInfo]], "str | None"]
 
 
+class ShapeNeeded(str):
+    """A refusal that only stands because an input's shape is unknown at partition time (the
+    report then says which shapes to give)."""
+
+
 @dataclass(frozen=True)
 class OpSupport:
     op: str
@@ -93,12 +98,6 @@ def training_difference(op: str, attrs: Attrs) -> str | None:
     """How a supported node computes something else in training mode, or None."""
     entry = REGISTRY.get(op)
     return entry.in_training(attrs) if entry and entry.in_training else None
-
-
-def needs_shapes(op: str, inputs: Sequence[TensorInfo]) -> bool:
-    """Whether the op's checks read input shapes that type inference did not provide."""
-    entry = REGISTRY.get(op)
-    return bool(entry and entry.check_inputs) and any(t.shape is None for t in inputs)
 
 
 def param_slots(op: str) -> tuple[int, ...]:

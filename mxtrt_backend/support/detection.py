@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ._registry import Attrs, TensorInfo, always, register
+from ._registry import Attrs, ShapeNeeded, TensorInfo, always, register
 from ._rules import first_problem, ints, is_false, one_of
 from .tensor import TOPK_LIMIT
 
@@ -17,7 +17,7 @@ def _nms_candidates(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | None:
         return None
     shape = inputs[0].shape if inputs else None
     if shape is None:
-        return "box_nms with topk=-1 needs the input shape at partition time"
+        return ShapeNeeded("box_nms with topk=-1 needs the input shape at partition time")
     boxes = shape[-2]
     return (None if boxes < TOPK_LIMIT else
             f"box_nms with topk=-1 over {boxes} boxes is not supported (TensorRT's TopK takes "
@@ -35,7 +35,8 @@ def _box_nms(attrs: Attrs) -> str | None:
         one_of(attrs, "in_format", ("corner",), "corner"),
         one_of(attrs, "out_format", ("corner", "center"), "corner"),
         None if topk == -1 or 0 < topk < TOPK_LIMIT else
-        f"topk={topk} is not supported (TensorRT's TopK takes k < {TOPK_LIMIT})",
+        f"topk={topk} is not supported (TensorRT's TopK takes k < {TOPK_LIMIT}: a lower topk "
+        "converts)",
         None if 0 <= overlap <= 1 else f"overlap_thresh={overlap} is not supported (0 to 1)",
     )
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ._registry import Attrs, TensorInfo, always, register
+from ._registry import Attrs, ShapeNeeded, TensorInfo, always, register
 from ._rules import first_problem, flag, ints, is_false, one_of, unset
 
 # ONNX convolutions and pools are channel-first only; mx2onnx also rejects an explicit 'NCW'
@@ -83,10 +83,11 @@ def _leaky_relu_inputs(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | None
         return "float16: mx2onnx exports gelu with float32 constants"
     # ONNX PRelu broadcasts the per-channel slope against the last axis, MXNet against axis 1:
     # they agree on (N, C) data only.
-    if act_type != "prelu" or _rank(inputs) in (1, 2):
+    rank = _rank(inputs)
+    if act_type != "prelu" or rank in (1, 2):
         return None
-    return ("prelu is supported on 2-D data of known shape only (ONNX broadcasts its slope "
-            "differently)")
+    reason = "prelu is supported on 2-D data of known shape only (ONNX broadcasts its slope differently)"
+    return ShapeNeeded(reason) if rank is None else reason
 
 
 @register("LeakyReLU", param_slots=(1,), check_inputs=_leaky_relu_inputs)
@@ -110,8 +111,9 @@ def _log_softmax(attrs: Attrs) -> str | None:
 def _softmax_output_inputs(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | None:
     # On N-D data MXNet's normalisation axis depends on the label's shape; mx2onnx always
     # flattens. They agree on 2-D data.
-    return None if _rank(inputs) == 2 else (
-        "SoftmaxOutput is supported on 2-D data of known shape only")
+    rank = _rank(inputs)
+    reason = "SoftmaxOutput is supported on 2-D data of known shape only"
+    return None if rank == 2 else ShapeNeeded(reason) if rank is None else reason
 
 
 @register("SoftmaxOutput", check_inputs=_softmax_output_inputs)
