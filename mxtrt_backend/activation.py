@@ -149,8 +149,7 @@ def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
                 # partition without MXNet's inference; the hook's own still gives the dtypes.
                 result = original(self, backend, args, aux, *rest,
                                   **dict(kwargs, skip_infer=True))
-                report.hints.append(partition.inference_hint(mx_err, self, values,
-                                                             kwargs.get("shape_dict")))
+                partition.note_inference_failure(report, mx_err)
         partitioned = PartitionedSymbol(result.handle)
         result.handle = None  # the handle now belongs to `partitioned`
         partitioned.report = report

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import threading
 from collections import Counter
 from contextlib import contextmanager
@@ -140,20 +141,18 @@ def infer(sym: Any, values: Mapping[str, Any], shapes: Mapping[str, Sequence[int
             for key, shape, dtype in zip(keys, out_shapes, out_types)}
 
 
-def inference_hint(err: Exception, sym: Any, given: Iterable[str],
-                   shapes: Mapping[str, Any] | None) -> str:
-    """What to tell when MXNet's inference failed before partitioning; ``given``: the inputs
-    given values."""
-    first = next((line for line in str(err).splitlines() if "Error in operator" in line),
-                 str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__)
-    known = set(given) | set(shapes or {})
-    missing = [name for name in sym.list_arguments() if name not in known]
-    inputs = ", ".join(f"'{name}': (...)" for name in missing[:4]) + (", ..." if missing[4:] else "")
-    log.info("mxtrt: MXNet's shape inference failed before partitioning (%s); partitioned without "
-             "it", first.strip())
-    return (f"MXNet could not infer shapes before partitioning ({first.strip()}), so the checks "
-            f"that read shapes had none; give the data shapes: optimize_for(..., "
-            f"shape_dict={{{inputs}}})")
+def note_inference_failure(report: PartitionReport, err: Exception) -> None:
+    """MXNet's inference failed before partitioning, and the partitioning went on without it:
+    logged, and told in the report when shapes would have converted more."""
+    text = str(err)
+    found = re.search(r"Error in operator (\S+): (?:\[[^\]]*\] )?(?:\S+:\d+: )?(.*)", text)
+    first = (f"{found.group(1)}: {found.group(2).strip()}" if found
+             else (text.strip().splitlines() or [type(err).__name__])[-1])
+    log.info("mxtrt: MXNet's shape inference failed before partitioning (%s); partitioned "
+             "without it", first)
+    if report.hints:
+        report.hints.append(f"MXNet's own shape inference gave up before partitioning ({first}):"
+                            " it needs the data shapes")
 
 
 @contextmanager

@@ -159,20 +159,33 @@ def padded_net():
     return conv_block(x, "b")
 
 
-def test_optimize_for_without_shapes_works_where_mxnet_shape_inference_gives_up():
+def test_optimize_for_without_shapes_works_where_mxnet_shape_inference_gives_up(caplog):
     sym = padded_net()
     args, aux = random_params(sym, {"data": SHAPE})
     with pytest.raises(mx.MXNetError, match="only supports 4-D or 5-D input"):
         sym.infer_shape_partial(**{k: v.shape for k, v in args.items()})
+    with caplog.at_level(logging.INFO, logger="mxtrt"):
+        trt_sym = sym.optimize_for("TensorRT", args, aux, ctx=mx.cpu())
+    report = mxtrt_backend.last_report()
+    assert report.converted_nodes == report.compute_nodes == 5 and report.hints == []
+    assert any("shape inference failed" in r.message and "pad: Current implementation only "
+               "supports 4-D or 5-D input" in r.message for r in caplog.records)
+    check_numerics(sym, trt_sym, args, aux)
+
+
+def test_without_shapes_the_report_names_the_shapes_mxnet_inference_needed():
+    sym = mx.sym.LeakyReLU(mx.sym.Flatten(padded_net()), act_type="prelu", name="prelu")
+    args, aux = random_params(sym, {"data": SHAPE})
     trt_sym = sym.optimize_for("TensorRT", args, aux, ctx=mx.cpu())
     report = mxtrt_backend.last_report()
-    assert report.converted_nodes == report.compute_nodes == 5
-    assert any("MXNet could not infer shapes" in h and "shape_dict={'data': (...)}" in h
-               for h in report.hints), report.hints
+    assert [r.node for r in report.refused] == ["prelu"]
+    assert len(report.hints) == 2 and "shape_dict={'data': (...)}" in report.hints[0]
+    assert "gave up before partitioning (pad: " in report.hints[1]
     check_numerics(sym, trt_sym, args, aux)
-    # With the data shape MXNet infers, and nothing needs saying.
-    sym.optimize_for("TensorRT", args, aux, ctx=mx.cpu(), shape_dict={"data": SHAPE})
-    assert mxtrt_backend.last_report().hints == []
+    trt_sym = sym.optimize_for("TensorRT", args, aux, ctx=mx.cpu(), shape_dict={"data": SHAPE})
+    report = mxtrt_backend.last_report()
+    assert report.converted_nodes == report.compute_nodes and report.hints == []
+    check_numerics(sym, trt_sym, args, aux)
 
 
 def test_report_says_which_shapes_would_convert_more():
