@@ -162,16 +162,18 @@ def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
 # --- Symbol API: binding ----------------------------------------------------------------------
 
 
-def _trt_training_differences(sym: Any) -> list[str]:
-    """The nodes inside `_TensorRT` subgraphs of ``sym`` that compute differently in training."""
+def _backend_symbol(sym: Any) -> tuple[bool, list[str]]:
+    """Whether ``sym`` is the backend's (made by optimize_for('TensorRT'), or holding `_TensorRT`
+    nodes, e.g. loaded from a file), and the nodes of its subgraphs that compute differently in
+    training."""
     text = sym.tojson()
     if OP_NAME not in text:
-        return []
+        return isinstance(sym, PartitionedSymbol), []
     found: list[str] = []
     for node in json.loads(text)["nodes"]:
         if node["op"] == OP_NAME:
             found += json.loads(node.get("attrs", {}).get(partition.ATTR_TRAINING, "[]"))
-    return found
+    return True, found
 
 
 def _fill_given(executor: Any, partitioned: Any, shared_buffer: Mapping[str, Any] | None) -> None:
@@ -183,11 +185,6 @@ def _fill_given(executor: Any, partitioned: Any, shared_buffer: Mapping[str, Any
             value.copyto(executor.arg_dict[name])
         elif name in executor.aux_dict:
             value.copyto(executor.aux_dict[name])
-
-
-def _prepared(executor: Any, bound: Any) -> Any:
-    executor._mxtrt_training = _trt_training_differences(bound)
-    return executor
 
 
 def _inference_only(grad_req: Any) -> bool:
@@ -229,8 +226,10 @@ Plan = Callable[[Any, dict[str, Any]], "dict[str, Any] | None"]
 
 def _hook_binder(original: Callable[..., Any], plan: Plan) -> Callable[..., Any]:
     """Wrap simple_bind or bind. Under the flag, bind the TensorRT-partitioned symbol instead.
-    Whenever the bound symbol has `_TensorRT` nodes, remember what they compute differently in
-    training, and let simple_bind start from the values given to optimize_for.
+    Whenever the bound symbol is the backend's, bind it without MXNet's MKLDNN fusion (it keeps
+    stale weights after copy_params_from, and is wrong on some nets), remember what its
+    subgraphs compute differently in training, and let simple_bind start from the values given
+    to optimize_for.
 
     ``plan`` sees the call's arguments (and may rewrite them) and returns the arguments for
     optimize_for, or None to leave the call to plain MXNet.
@@ -244,17 +243,20 @@ def _hook_binder(original: Callable[..., Any], plan: Plan) -> Callable[..., Any]
         call.apply_defaults()
         shared_buffer = call.arguments.get("shared_buffer")
         types = plan(self, call.arguments) if enabled() else None
-        if types is None:
-            executor, partitioned = original(self, *args, **kwargs), self
-        else:
-            partitioned = self.optimize_for(BACKEND, ctx=call.arguments["ctx"], **types)
-            call.arguments["self"] = partitioned
-            with _subgraph_backend(BACKEND):
-                executor = _in_source_order(original(*call.args, **call.kwargs), partitioned,
-                                            self)
+        partitioned = self if types is None else self.optimize_for(
+            BACKEND, ctx=call.arguments["ctx"], **types)
+        ours, training = _backend_symbol(partitioned)
+        if not ours:
+            return original(self, *args, **kwargs)
+        call.arguments["self"] = partitioned
+        with _subgraph_backend(BACKEND):  # MXNet's own backend would re-partition the rest
+            executor = original(*call.args, **call.kwargs)
+        if partitioned is not self:
+            _in_source_order(executor, partitioned, self)
         if fills:
             _fill_given(executor, partitioned, shared_buffer)
-        return _prepared(executor, partitioned)
+        executor._mxtrt_training = training
+        return executor
 
     return binder
 
@@ -293,9 +295,13 @@ def _bind_plan(sym: Any, arguments: dict[str, Any]) -> dict[str, Any] | None:
 def _hook_reshape(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def reshape(self: Any, *args: Any, **kwargs: Any) -> Any:
-        executor = original(self, *args, **kwargs)
-        executor._mxtrt_training = getattr(self, "_mxtrt_training", [])
+        training = getattr(self, "_mxtrt_training", None)  # None: not the backend's executor
         partitioned = getattr(self, "_mxtrt_partitioned", None)
+        if training is None and partitioned is None:
+            return original(self, *args, **kwargs)
+        with _subgraph_backend(BACKEND):
+            executor = original(self, *args, **kwargs)
+        executor._mxtrt_training = training
         if partitioned is None:
             return executor
         return _in_source_order(executor, partitioned, self._symbol)

@@ -4,6 +4,8 @@ Each converts the C arguments (``extension.Strings``/``Tensors``) to Python valu
 policy: ``partition.select``/``review`` while MXNet partitions, ``op.create_state``/``run_state``
 /``destroy_state`` over a `_TensorRT` op's life. None ever raises into MXNet's C++ frames: a
 failure becomes an error reply, which MXNet raises as an ``MXNetError`` in the caller's thread.
+Even a KeyboardInterrupt (Ctrl-C while MXNet partitions) is caught, or ctypes would print and
+drop it: the optimize_for hook raises it again once MXNet has returned.
 """
 from __future__ import annotations
 
@@ -20,13 +22,13 @@ _ext: Extension | None = None
 _pending = threading.local()
 
 
-def take_partition_error() -> Exception | None:
+def take_partition_error() -> BaseException | None:
     """The error the last failed partitioner callback of this thread raised, once."""
     err, _pending.error = getattr(_pending, "error", None), None
     return err
 
 
-def _partition_failed(reply: int, err: Exception) -> int:
+def _partition_failed(reply: int, err: BaseException) -> int:
     assert _ext is not None
     _pending.error = err
     _ext.reply_error(reply, err)
@@ -41,7 +43,7 @@ def _supported(graph_json: bytes, options: Any, num_nodes: int, json_to_id: Any,
             if selected:  # MXNet's ids: -1 marks a node a subgraph may take, -2 leaves it out
                 ids[json_to_id[json_index]] = -1
         return 1
-    except Exception as err:  # noqa: BLE001 - reported to MXNet, which raises MXNetError
+    except BaseException as err:  # noqa: BLE001 - reported to MXNet, which raises MXNetError
         return _partition_failed(reply, err)
 
 
@@ -54,7 +56,7 @@ def _review(subgraph_json: bytes, subgraph_id: int, options: Any, params: Any, r
         _ext.reply_accept(reply, accept)
         _ext.reply_attrs(reply, attrs)
         return 1
-    except Exception as err:  # noqa: BLE001
+    except BaseException as err:  # noqa: BLE001
         return _partition_failed(reply, err)
 
 
@@ -64,7 +66,7 @@ def _create(attrs: Any, dev_type: int, dev_id: int, inputs: Any, reply: int) -> 
         tensors: Tensors = inputs.contents
         return op.create_state(attrs.contents.to_dict(), DEVICE_NAMES[dev_type], dev_id,
                                tensors.shape_list(), tensors.dtype_list())
-    except Exception as err:  # noqa: BLE001
+    except BaseException as err:  # noqa: BLE001
         _ext.reply_error(reply, err)
         return -1
 
@@ -77,7 +79,7 @@ def _forward(handle: int, inputs: Any, outputs: Any, dev_type: int, dev_id: int,
         op.run_state(op.state(handle), inputs.contents.refs(), outputs.contents.refs(),
                      stream or 0)
         return 1
-    except Exception as err:  # noqa: BLE001
+    except BaseException as err:  # noqa: BLE001
         _ext.reply_error(reply, err)
         return 0
 

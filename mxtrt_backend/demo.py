@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import cli
+from .cli import CPU, Device
+
 BATCH = 64
 CLASSES = 10
 
@@ -72,18 +75,19 @@ class Run:
     outputs: np.ndarray
 
 
-def run_flow(prefix: str, epoch: int, use_tensorrt: bool) -> Run:
+def run_flow(prefix: str, epoch: int, use_tensorrt: bool, device: Device = CPU) -> Run:
     """The classic MXNet-vs-TensorRT comparison, unchanged user code: only the flag differs."""
     import mxnet as mx
 
     import mxtrt_backend  # noqa: F401  registers the backend and the MXNET_USE_TENSORRT hooks
 
     os.environ["MXNET_USE_TENSORRT"] = "1" if use_tensorrt else "0"
+    ctx = device.context()
     sym, arg_params, aux_params = mx.model.load_checkpoint(prefix, epoch)
-    all_params = dict(arg_params, **aux_params)
+    all_params = {name: v.as_in_context(ctx) for name, v in dict(arg_params, **aux_params).items()}
     _, _, x_test, y_test = digits()
     test_iter = mx.io.NDArrayIter(x_test, y_test, BATCH, label_name="softmax_label")
-    executor = sym.simple_bind(ctx=mx.cpu(), data=(BATCH, *x_test.shape[1:]),
+    executor = sym.simple_bind(ctx=ctx, data=(BATCH, *x_test.shape[1:]),
                                softmax_label=(BATCH,), grad_req="null",
                                shared_buffer=all_params, force_rebind=True)
     executor.copy_params_from(arg_params, aux_params, allow_extra_params=True)
@@ -101,10 +105,10 @@ def run_flow(prefix: str, epoch: int, use_tensorrt: bool) -> Run:
     return Run(name, float((probs.argmax(1) == y_test).mean()), elapsed / (i or 1) * 1e3, probs)
 
 
-def compare(prefix: str, epoch: int) -> tuple[Run, Run]:
+def compare(prefix: str, epoch: int, device: Device = CPU) -> tuple[Run, Run]:
     previous = os.environ.get("MXNET_USE_TENSORRT")
     try:
-        return run_flow(prefix, epoch, False), run_flow(prefix, epoch, True)
+        return run_flow(prefix, epoch, False, device), run_flow(prefix, epoch, True, device)
     finally:
         if previous is None:
             os.environ.pop("MXNET_USE_TENSORRT", None)
@@ -114,20 +118,23 @@ def compare(prefix: str, epoch: int) -> tuple[Run, Run]:
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", help="where to save the checkpoint (default: a temp folder)")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=cli.positive_int, default=8,
+                        help="training epochs (on the CPU) before the comparison")
+    cli.ctx_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    device = cli.device(args)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("mxtrt").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.workdir or tmp
         os.makedirs(folder, exist_ok=True)
         prefix, epoch = train_lenet_digits(folder, args.epochs)
-        plain, backend = compare(prefix, epoch)
+        plain, backend = compare(prefix, epoch, device)
     print(f"{'run':<18}{'accuracy':>10}{'ms/batch':>10}")
     for result in (plain, backend):
         print(f"{result.name:<18}{result.accuracy:>10.4f}{result.ms_per_batch:>10.3f}")
     print(f"max |difference| of the outputs: {np.abs(plain.outputs - backend.outputs).max():.3g}")
-    print(f"speed-up: {plain.ms_per_batch / backend.ms_per_batch:.2f}x (batch {BATCH}, CPU, ONNX Runtime)")
+    print(f"speed-up: {plain.ms_per_batch / backend.ms_per_batch:.2f}x (batch {BATCH}, {device})")
     return 0 if plain.accuracy == backend.accuracy else 1

@@ -15,7 +15,7 @@ from typing import Callable, TextIO
 
 import numpy as np
 
-from .engine import cuda, trt
+from .engine import cuda, gpu
 
 # Largest relative error accepted against plain MXNet (fp32 engines; TensorRT may use TF32).
 TOLERANCE = 1e-2
@@ -31,7 +31,7 @@ class Finding:
 def _mxnet() -> Finding:
     import mxnet as mx
 
-    build = "CUDA build" if mx.runtime.Features().is_enabled("CUDA") else \
+    build = "CUDA build" if gpu.mxnet_has_cuda() else \
         "CPU build; for GPUs: pip install mxnet-cu112"
     return Finding("MXNet", True, f"{mx.__version__} ({build})")
 
@@ -47,16 +47,16 @@ def _cuda() -> Finding:
 
 
 def _gpu() -> Finding:
-    found = trt.probe()
+    found = gpu.probe()
     if found.cuda_problem is not None:
         return Finding("GPU", False, f"not found: {found.cuda_problem}")
     return Finding("GPU", True, ", ".join(f"{i}: {cuda.device_key(i)}" for i in range(found.gpus)))
 
 
 def _tensorrt() -> Finding:
-    version = trt.tensorrt_version()
+    version = gpu.tensorrt_version()
     return Finding("TensorRT", version is not None,
-                   version or f"not found: {trt.INSTALL_HINT}")
+                   version or f"not found: {gpu.INSTALL_HINT}")
 
 
 def _onnxruntime() -> Finding:
@@ -88,11 +88,9 @@ def _ort_missing() -> str | None:
 
 
 def _trt_missing() -> str | None:
-    import mxnet as mx
-
     missing = [f.detail for f in (_tensorrt(), _gpu()) if not f.found]
-    if not mx.runtime.Features().is_enabled("CUDA"):
-        missing.append("MXNet has no CUDA (pip install mxnet-cu112)")
+    if not gpu.mxnet_has_cuda():
+        missing.append(gpu.MXNET_CUDA_HINT)
     return "; ".join(missing) or None
 
 
@@ -136,6 +134,19 @@ def _one_line(err: Exception) -> str:
     return last if last.startswith(prefix) else prefix + last
 
 
+def _commands(out: TextIO) -> None:
+    """Which runtime each command uses here, with and without --ctx."""
+    from . import cli
+
+    out.write(f"Commands ({', '.join(cli.commands_with('--ctx'))} take --ctx):\n")
+    device, why = cli.default_device()
+    out.write(f"  {'default':<20} --ctx {device} ({why})\n")
+    out.write(f"  {'--ctx cpu':<20} {cli.describe(cli.CPU)}\n")
+    problem = cli.gpu_problem(cli.Device("gpu", 0))
+    gpus = f"not available: {problem}" if problem else cli.describe(cli.Device("gpu", 0))
+    out.write(f"  {'--ctx gpu:N':<20} {gpus}\n")
+
+
 def doctor(out: TextIO) -> int:
     """Print the report; 0 when every runtime present here works."""
     from . import __version__
@@ -162,6 +173,7 @@ def doctor(out: TextIO) -> int:
         failures += not ok
         out.write(f"  {label:<20} {'OK' if ok else 'WRONG'}: built and ran, max relative error "
                   f"{error:.1e} (tolerance {TOLERANCE:.0e})\n")
+    _commands(out)
     return 1 if failures else 0
 
 

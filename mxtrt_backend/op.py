@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from . import config, export, partition
-from .engine import Engine, Runtime, TensorRef, runtime_for
+from .engine import Engine, Runtime, Serialized, TensorRef, runtime_for
 from .engine.cache import ENGINES, cache_key
 from .params import ParamTracker
 
@@ -127,19 +127,21 @@ def _engine_for(state: OpState, inputs: Sequence[TensorRef]) -> Engine:
         "device": runtime.device_key(state.device_id), "options": options.engine_key(),
     })
 
-    def build() -> bytes:
+    def build() -> Serialized:
         values = {names[i]: runtime.to_host(inputs[i]).copy() for i in baked}
         graph = export.bake_params(state.structure, values)
-        return runtime.build(graph.onnx_bytes, graph.input_names, graph.output_names, options,
-                             state.device_id)
+        return runtime.build_entry(graph.onnx_bytes, graph.input_names, graph.output_names,
+                                   options, state.device_id)
 
     start = time.perf_counter()
-    hit = ENGINES.get(key, options.cache_dir, runtime.name, runtime.version(), build,
-                      lambda blob: runtime.load(blob, data_names, state.structure.output_names,
-                                                options, state.device_id))
+    hit = ENGINES.get(key, options.cache_dir, runtime.accepts(), build,
+                      lambda entry: runtime.load_entry(entry, data_names,
+                                                       state.structure.output_names, options,
+                                                       state.device_id),
+                      state.device_id)
     if hit.source != "memory":
         log.info("mxtrt: subgraph %s: %d nodes, runtime %s, %.1f ms, cache %s", state.name,
-                 state.subgraph.compute_nodes, runtime.name,
+                 state.subgraph.compute_nodes, hit.runtime,
                  (time.perf_counter() - start) * 1e3, "miss" if hit.source == "built" else "hit (disk)")
     return hit.engine
 

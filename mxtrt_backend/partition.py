@@ -317,6 +317,22 @@ def _source_names(nodes: Sequence[dict], names: Iterable[str]) -> tuple[str, ...
     return tuple(dict.fromkeys(arg_names[name] for name in names))
 
 
+def _output_attrs(nodes: Sequence[dict], heads: Sequence[Sequence[int]]) -> dict[str, str]:
+    """What MXNet knows of the subgraph node's outputs, one entry per output, in MXNet's format.
+
+    MXNet builds these itself, but without inferred shapes it writes "[,]", and when a later
+    subgraph reads output 1 or more of this node it parses that string past its end and fails
+    with "basic_string::substr". Written here, every entry is there ("[None]" / -1: unknown)."""
+    shapes, codes = [], []
+    for src, out, *_ in heads:
+        shape = _inferred(nodes[src], "__ext_shape__", out)
+        code = _inferred(nodes[src], "__ext_dtype__", out)
+        known = isinstance(shape, list) and None not in shape
+        shapes.append("[" + ",".join(map(str, shape)) + "]" if known else "[None]")
+        codes.append(str(code) if isinstance(code, int) else "-1")
+    return {"__ext_shape__": "[" + ",".join(shapes) + "]", "__ext_dtype__": "[" + ",".join(codes) + "]"}
+
+
 def _output_names(nodes: Sequence[dict], heads: Sequence[Sequence[int]]) -> tuple[str, ...]:
     """A subgraph's outputs by producing node: 'conv1', or 'split0[1]' for a further output."""
     return tuple(nodes[src]["name"] + (f"[{out}]" if out else "") for src, out, *_ in heads)
@@ -345,7 +361,8 @@ def review(subgraph_json: str, subgraph_id: int, options: Options, raw_options: 
         return False, {}
     # By name: MXNet may list the subgraph's inputs in another order when it creates the op.
     attrs = {ATTR_PARAMS: json.dumps(params, sort_keys=True),
-             ATTR_OPTIONS: json.dumps(raw_options, sort_keys=True)}
+             ATTR_OPTIONS: json.dumps(raw_options, sort_keys=True),
+             **_output_attrs(nodes, graph["heads"])}
     training = _training_differences(compute)
     if training:
         attrs[ATTR_TRAINING] = json.dumps(training)

@@ -8,12 +8,12 @@ with its reason. ``format_report`` renders it as text tables; ``arguments``/``ru
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
-from . import config, partition
-from .convert import parse_input, parse_options
+from . import cli, partition
+from .cli import CliError
 
 # Ops listed per subgraph before the rest is summed up as "... (N more)".
 _OPS_SHOWN = 6
@@ -88,27 +88,36 @@ def _load_params(path: str, sym: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return args, aux
 
 
+def _read(path: str, what: str, read: Any) -> Any:
+    import mxnet as mx
+
+    if not os.path.isfile(path):
+        raise CliError(f"{what} file {path} does not exist")
+    try:
+        return read(path)
+    except mx.MXNetError as err:
+        raise CliError(f"{path} is not an MXNet {what} file: {cli.one_line(err)}") from None
+
+
 def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("symbol", help="the model's symbol file, e.g. model-symbol.json")
     parser.add_argument("params", nargs="?",
                         help="its parameters, e.g. model-0000.params (lets MXNet infer shapes and "
                              "dtypes, which some checks need)")
-    parser.add_argument("--shape", action="append", type=parse_input, default=[],
-                        metavar="[NAME:]D0,D1,...",
-                        help="input shape, e.g. 1,3,224,224 (input 'data'); repeatable")
-    parser.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
-                        help="backend option, e.g. -o exclude_ops=Pooling; repeatable")
+    cli.shape_argument(parser, required=False)
+    cli.option_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import mxnet as mx
 
-    try:
-        options: dict[str, Any] = parse_options(args.option)
-        sym = mx.sym.load(args.symbol)
-        values = _load_params(args.params, sym) if args.params else ({}, {})
-    except (argparse.ArgumentTypeError, config.OptionError, mx.MXNetError, OSError) as err:
-        print(f"mxtrt inspect: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(format_report(inspect(sym, *values, shapes=dict(args.shape) or None, **options)))
+    options: dict[str, Any] = cli.options(args)
+    sym = _read(args.symbol, "symbol", mx.sym.load)
+    params, aux = _read(args.params, "parameter", lambda path: _load_params(path, sym)) \
+        if args.params else ({}, {})
+    unknown = sorted(set(dict(args.shape)) - set(sym.list_arguments()))
+    if unknown:
+        raise CliError(f"--shape {unknown[0]}:...: the model has no input {unknown[0]!r}; its "
+                       f"arguments are {', '.join(sym.list_arguments())}")
+    print(format_report(inspect(sym, params, aux, shapes=dict(args.shape) or None, **options)))
     return 0

@@ -48,9 +48,11 @@ def trt_nodes(sym: mx.sym.Symbol) -> list[dict]:
 
 
 @contextmanager
-def op_state(partitioned: mx.sym.Symbol, shapes: dict[str, tuple[int, ...]]) -> Iterator[Any]:
+def op_state(partitioned: mx.sym.Symbol, shapes: dict[str, tuple[int, ...]],
+             device_id: int = 0) -> Iterator[Any]:
     """The state of the first `_TensorRT` node of ``partitioned``, made as MXNet makes it at bind
-    (node attributes plus its subgraph), for inputs of these shapes (float32)."""
+    (node attributes plus its subgraph), for inputs of these shapes (float32), on CPU device
+    ``device_id`` (MXNet itself passes 0 for every CPU context)."""
     from mxtrt_backend import op
 
     node = trt_nodes(partitioned)[0]
@@ -59,7 +61,8 @@ def op_state(partitioned: mx.sym.Symbol, shapes: dict[str, tuple[int, ...]]) -> 
     sources = [n.get("attrs", {}).get("argName", n["name"]) for n in subgraph["nodes"]
                if n["op"] == "null"]
     in_shapes = [shapes[name] for name in sources]
-    handle = op.create_state(attrs, "cpu", 0, in_shapes, [np.dtype("float32")] * len(sources))
+    handle = op.create_state(attrs, "cpu", device_id, in_shapes,
+                             [np.dtype("float32")] * len(sources))
     try:
         yield op.state(handle)
     finally:

@@ -236,3 +236,20 @@ def test_gluon_training_computes_what_mxnet_computes(use_flag, monkeypatch):
     assert rel_err(trt(x).asnumpy(), plain(x).asnumpy()) < 1e-5
     assert "_TensorRT" in op_names(trt._cached_graph[1])
     assert "MXNET_SUBGRAPH_BACKEND" not in os.environ
+
+
+def test_mxnet_nodes_of_a_partitioned_graph_follow_weights_changed_after_a_forward():
+    """The nodes left to MXNet run without its MKLDNN fusion, whose fused convolution keeps the
+    weights of its first forward after copy_params_from."""
+    sym = mx.sym.Convolution(D, num_filter=4, kernel=(3, 3), pad=(1, 1), name="alone")
+    sym = mx.sym.erf(sym, name="cut")
+    args, _ = random_params(sym, {"data": IMG})
+    new_args, _ = random_params(sym, {"data": IMG}, seed=11)
+    x = np.random.RandomState(12).uniform(-1, 1, IMG).astype("f")
+    trt = sym.optimize_for("TensorRT", args, {}, ctx=mx.cpu(), min_subgraph_size="2")
+    assert "_TensorRT" not in op_names(trt)
+    ex = trt.simple_bind(mx.cpu(), data=IMG, grad_req="null")
+    ex.forward(is_train=False, data=mx.nd.array(x))[0].wait_to_read()
+    ex.copy_params_from(new_args)
+    out = ex.forward(is_train=False, data=mx.nd.array(x))[0].asnumpy()
+    assert rel_err(out, forward(sym, new_args, {}, {"data": x})[0]) < 1e-5

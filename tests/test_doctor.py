@@ -1,4 +1,4 @@
-"""`python -m mxtrt_backend doctor` on this machine (no TensorRT, no GPU) and the CLI registry."""
+"""`python -m mxtrt_backend doctor` on this machine (no TensorRT, no GPU)."""
 from __future__ import annotations
 
 import io
@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 
+import onnxruntime
 import pytest
 
-from mxtrt_backend import __main__ as cli
-from mxtrt_backend import doctor
-from mxtrt_backend.engine import trt
+from mxtrt_backend import cli, doctor
+from mxtrt_backend.engine import gpu
 
 
 def test_doctor_without_tensorrt_reports_it_and_checks_onnx_runtime(tmp_path):
@@ -21,12 +21,19 @@ def test_doctor_without_tensorrt_reports_it_and_checks_onnx_runtime(tmp_path):
     lines = {line.split()[0]: line for line in run.stdout.splitlines() if line.startswith("  ")}
     for component in ("MXNet", "CUDA", "GPU", "TensorRT", "ONNX"):
         assert component in lines, run.stdout
-    if trt.tensorrt_version() is None:
+    if gpu.tensorrt_version() is None:
         assert "TensorRT      not found: pip install tensorrt" in run.stdout
         assert "TensorRT (gpu)       not available" in run.stdout
     assert "ONNX Runtime (cpu)   OK: built and ran" in run.stdout
     error = float(run.stdout.split("max relative error ")[1].split()[0])
     assert error <= doctor.TOLERANCE
+    # Which runtime each command uses, with and without --ctx.
+    commands = run.stdout.split("Commands (")[1]
+    assert commands.startswith("demo, convert, bench take --ctx):")
+    assert f"--ctx cpu            ONNX Runtime on the CPU (onnxruntime {onnxruntime.__version__})" in commands
+    if cli.gpu_problem(cli.Device("gpu", 0)) is not None:
+        assert "  default              --ctx cpu (GPU contexts cannot run here: " in commands
+        assert "  --ctx gpu:N          not available: " in commands
     # The doctor leaves the user's engine cache alone.
     assert not (tmp_path / "cache").exists()
 
@@ -40,21 +47,3 @@ def test_a_runtime_that_fails_makes_the_exit_code_nonzero(monkeypatch):
         pytest.skip("a real GPU setup is present")
     assert doctor.doctor(out) == 1
     assert "forced GPU (gpu)     FAILED: " in out.getvalue()
-
-
-def test_every_subcommand_is_a_module_with_arguments_and_run(capsys):
-    import importlib
-
-    names = [c.name for c in cli.SUBCOMMANDS]
-    assert {"demo", "convert", "bench", "doctor"} <= set(names)
-    for command in cli.SUBCOMMANDS:
-        module = importlib.import_module(f"mxtrt_backend.{command.module}")
-        assert callable(module.arguments) and callable(module.run), command.name
-    with pytest.raises(SystemExit):
-        cli.main(["--help"])
-    listed = capsys.readouterr().out
-    assert all(name in listed for name in names)
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["no-such-command"])
-    assert exit_info.value.code == 2
-    assert "invalid choice: 'no-such-command'" in capsys.readouterr().err

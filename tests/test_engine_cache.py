@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from mxtrt_backend.engine import Serialized
 from mxtrt_backend.engine.cache import CorruptEntry, EngineCache, cache_key, pack, unpack
 
 
@@ -18,17 +19,17 @@ class Counter:
     def __init__(self, blob: bytes = b"engine-bytes") -> None:
         self.blob, self.builds, self.loads = blob, 0, []
 
-    def build(self) -> bytes:
+    def build(self) -> Serialized:
         self.builds += 1
-        return self.blob
+        return Serialized(self.blob, "rt", "1.0")
 
-    def load(self, blob: bytes) -> object:
-        self.loads.append(blob)
-        return ("engine", blob)
+    def load(self, entry: Serialized) -> object:
+        self.loads.append(entry.data)
+        return ("engine", entry.data)
 
 
-def get(c: EngineCache, counter: Counter, folder, key: str = "k" * 64, version: str = "1.0"):
-    return c.get(key, str(folder), "rt", version, counter.build, counter.load)
+def get(c: EngineCache, counter: Counter, folder, key: str = "k" * 64, device_id: int = 0):
+    return c.get(key, str(folder), {"rt": "1.0"}, counter.build, counter.load, device_id)
 
 
 def test_key_is_stable_and_changes_with_any_part():
@@ -41,15 +42,46 @@ def test_key_is_stable_and_changes_with_any_part():
 
 def test_pack_roundtrip_and_checks():
     data = pack(b"payload", "rt", "1.0")
-    assert unpack(data, "rt", "1.0") == b"payload"
+    assert unpack(data, {"rt": "1.0"}) == Serialized(b"payload", "rt", "1.0")
     with pytest.raises(CorruptEntry, match="bad magic"):
-        unpack(b"garbage" * 10, "rt", "1.0")
+        unpack(b"garbage" * 10, {"rt": "1.0"})
     with pytest.raises(CorruptEntry, match="checksum"):
-        unpack(data[:-2], "rt", "1.0")
+        unpack(data[:-2], {"rt": "1.0"})
     with pytest.raises(CorruptEntry, match="built by"):
-        unpack(data, "rt", "2.0")
+        unpack(data, {"rt": "2.0"})
     with pytest.raises(CorruptEntry):
-        unpack(b"", "rt", "1.0")
+        unpack(b"", {"rt": "1.0"})
+
+
+def test_header_records_which_runtime_built_the_payload():
+    """A runtime with a fallback loads entries of either; an entry of a runtime this process
+    does not load (or of another version of it) is refused, so it is discarded and rebuilt."""
+    accepts = {"tensorrt": "10.13", "onnxruntime-staged": "1.19.2"}
+    fallback = pack(b"onnx-model", "onnxruntime-staged", "1.19.2")
+    assert unpack(fallback, accepts) == Serialized(b"onnx-model", "onnxruntime-staged", "1.19.2")
+    with pytest.raises(CorruptEntry, match="built by"):
+        unpack(pack(b"onnx-model", "onnxruntime-staged", "1.18.0"), accepts)
+    with pytest.raises(CorruptEntry, match="built by"):
+        unpack(pack(b"onnx-model", "onnxruntime", "1.19.2"), accepts)
+
+
+def test_engines_are_loaded_per_device_and_shared_on_disk_between_devices(tmp_path):
+    """Two devices with the same device key (two GPUs of one model) share the serialized engine
+    but each loads its own: an engine is never handed to another device's ops."""
+    c, counter = EngineCache(), Counter()
+    assert get(c, counter, tmp_path, device_id=0).source == "built"
+    assert get(c, counter, tmp_path, device_id=1).source == "disk"
+    assert get(c, counter, tmp_path, device_id=1).source == "memory"
+    assert counter.builds == 1 and len(counter.loads) == 2
+
+
+def test_observers_see_every_lookup_while_watching(tmp_path):
+    c, counter, seen = EngineCache(), Counter(), []
+    with c.watch(lambda key, hit: seen.append((key, hit.source, hit.runtime))):
+        get(c, counter, tmp_path)
+        get(c, counter, tmp_path)
+    get(c, counter, tmp_path)
+    assert seen == [("k" * 64, "built", "rt"), ("k" * 64, "memory", "rt")]
 
 
 def test_memory_then_disk_then_build(tmp_path):
@@ -80,7 +112,7 @@ def test_damaged_file_is_discarded_with_a_warning_and_rebuilt(tmp_path, caplog, 
     assert hit.source == "built" and counter.builds == 2
     assert counter.loads[-1] == b"engine-bytes"
     assert len([r for r in caplog.records if "discarding cached engine" in r.message]) == 1
-    assert unpack(path.read_bytes(), "rt", "1.0") == b"engine-bytes"
+    assert unpack(path.read_bytes(), {"rt": "1.0"}).data == b"engine-bytes"
 
 
 def test_folder_that_is_a_file_warns_and_keeps_engines_in_memory(tmp_path, caplog):
@@ -147,4 +179,4 @@ def test_damaged_real_engine_file_is_rebuilt_and_the_answer_stays_right(isolated
     with caplog.at_level(logging.WARNING, logger="mxtrt"):
         np.testing.assert_allclose(run(trt), expected, rtol=1e-5, atol=1e-6)
     assert [r.message for r in caplog.records if "discarding cached engine" in r.message]
-    assert unpack(path.read_bytes(), "onnxruntime", __import__("onnxruntime").__version__)
+    assert unpack(path.read_bytes(), {"onnxruntime": __import__("onnxruntime").__version__})

@@ -1,13 +1,16 @@
 """Engines: build from ONNX, serialize, cache, run. One class per runtime behind one interface.
 
 A ``Runtime`` turns ONNX bytes into a serialized engine (``build``) and a serialized engine into
-a runnable ``Engine`` (``load``); the cache (``engine.cache``) stores what ``build`` returns, so
-a warm process skips building. ``Engine.run`` reads and writes caller-owned memory in place.
+a runnable ``Engine`` (``load``); the cache (``engine.cache``) stores what ``build_entry``
+returns, so a warm process skips building. A runtime that rejects a graph (``BuildRejected``)
+hands it to its ``fallback``; the entry says which of the two built it. ``Engine.run`` reads and
+writes caller-owned memory in place.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 from abc import ABC, abstractmethod
 from typing import Callable, NamedTuple, Sequence
 
@@ -37,6 +40,22 @@ def host_array(ref: TensorRef) -> np.ndarray:
     return np.frombuffer(memoryview(buffer), dtype=ref.dtype).reshape(ref.shape)
 
 
+log = logging.getLogger("mxtrt")
+
+
+class BuildRejected(RuntimeError):
+    """The runtime cannot build this graph (TensorRT's parser refuses an op); its fallback may."""
+
+
+class Serialized(NamedTuple):
+    """An engine as the cache stores it: its bytes, and the runtime (name, version) that built
+    them and loads them: the runtime asked, or its fallback."""
+
+    data: bytes
+    runtime: str
+    version: str
+
+
 class Engine(ABC):
     @abstractmethod
     def run(self, inputs: Sequence[TensorRef], outputs: Sequence[TensorRef], stream: int) -> None:
@@ -45,6 +64,8 @@ class Engine(ABC):
 
 class Runtime(ABC):
     name: str
+    # How the engines run, in words for messages.
+    title: str
 
     @abstractmethod
     def version(self) -> str:
@@ -61,8 +82,43 @@ class Runtime(ABC):
         """Deserialize an engine produced by ``build`` of the same runtime version."""
 
     def device_key(self, device_id: int) -> str:
-        """What about the device an engine depends on (part of the cache key)."""
+        """What about the device an engine depends on (part of the cache key): devices with the
+        same key share serialized engines."""
         return "cpu"
+
+    def fallback(self) -> Runtime | None:
+        """The runtime that serves graphs this one rejects, or None (then a rejection fails)."""
+        return None
+
+    def accepts(self) -> dict[str, str]:
+        """Runtime name -> version of every engine this runtime loads: its own, its fallback's."""
+        other = self.fallback()
+        return {self.name: self.version(), **({other.name: other.version()} if other else {})}
+
+    def build_entry(self, onnx_bytes: bytes, input_names: Sequence[str],
+                    output_names: Sequence[str], options: Options, device_id: int) -> Serialized:
+        """``build``, or the fallback's build when this runtime rejects the graph."""
+        try:
+            return Serialized(self.build(onnx_bytes, input_names, output_names, options, device_id),
+                              self.name, self.version())
+        except BuildRejected as err:
+            other = self.fallback()
+            if other is None:
+                raise
+            log.warning("mxtrt: %s; this subgraph runs with %s instead (%s). Exclude the "
+                        "offending op with exclude_ops to keep it in MXNet.", err, other.name,
+                        other.title)
+            return Serialized(other.build(onnx_bytes, input_names, output_names, options,
+                                          device_id), other.name, other.version())
+
+    def load_entry(self, entry: Serialized, input_names: Sequence[str],
+                   output_names: Sequence[str], options: Options, device_id: int) -> Engine:
+        """``load`` by whichever of this runtime and its fallback built the entry."""
+        other = self.fallback()
+        runtime = self if entry.runtime == self.name else other
+        if runtime is None or runtime.name != entry.runtime:
+            raise ValueError(f"an engine of {entry.runtime!r} cannot be loaded by {self.name!r}")
+        return runtime.load(entry.data, input_names, output_names, options, device_id)
 
     def model_key(self, onnx_bytes: bytes, data_names: Sequence[str], options: Options) -> str:
         """What about the model an engine depends on (part of the cache key): by default all of
@@ -106,7 +162,7 @@ def _cpu_runtime() -> Runtime:
 
 
 def _gpu_runtime() -> Runtime:
-    from .trt import gpu_runtime
+    from .gpu import gpu_runtime
 
     return gpu_runtime()
 

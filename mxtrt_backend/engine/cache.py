@@ -1,10 +1,12 @@
 """The engine cache: in memory for this process, on disk across processes.
 
-A disk entry is ``<key>.engine``: a header (magic, format, runtime, runtime version, payload
-size and CRC-32) followed by the serialized engine. An entry that fails any check is discarded
-with one WARNING and rebuilt, so a damaged cache costs time, never a wrong answer. Writers take
-a file lock and write a temporary file that is renamed into place, so readers never see a torn
-file and two processes building the same engine leave one file.
+A disk entry is ``<key>.engine``: a header (magic, format, the runtime that built the engine
+and loads it, its version, payload size and CRC-32) followed by the serialized engine. The
+runtime may be the fallback of the one asked (TensorRT rejected the subgraph, ONNX Runtime
+serves it): the header says which. An entry that fails any check, or that no runtime of this
+process loads, is discarded with one WARNING and rebuilt, so a damaged cache costs time, never
+a wrong answer. Writers take a file lock and write a temporary file that is renamed into place,
+so readers never see a torn file and two processes building the same engine leave one file.
 """
 from __future__ import annotations
 
@@ -17,18 +19,20 @@ import tempfile
 import threading
 import zlib
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 from filelock import FileLock
 
-from . import Engine
+from . import Engine, Serialized
 
 log = logging.getLogger("mxtrt")
 
 MAGIC = b"MXTRTENG"
-FORMAT = 2
+# 3: the header's runtime is the one whose engine the payload is (no tag inside the payload).
+FORMAT = 3
 _HEADER_LEN = struct.Struct("<I")
 
 
@@ -47,7 +51,8 @@ def pack(blob: bytes, runtime: str, version: str) -> bytes:
     return MAGIC + _HEADER_LEN.pack(len(header)) + header + blob
 
 
-def unpack(data: bytes, runtime: str, version: str) -> bytes:
+def unpack(data: bytes, accepts: Mapping[str, str]) -> Serialized:
+    """The entry, if it is intact and built by one of ``accepts`` (runtime name -> version)."""
     if not data.startswith(MAGIC):
         raise CorruptEntry("not an mxtrt engine file (bad magic)")
     start = len(MAGIC) + _HEADER_LEN.size
@@ -59,26 +64,30 @@ def unpack(data: bytes, runtime: str, version: str) -> bytes:
     except ValueError:
         raise CorruptEntry("unreadable header") from None
     blob = data[start + length:]
-    expected = {"format": FORMAT, "runtime": runtime, "version": version}
-    found = {k: header.get(k) for k in expected}
-    if found != expected:
-        raise CorruptEntry(f"built by {found}, this process runs {expected}")
+    found = {k: header.get(k) for k in ("format", "runtime", "version")}
+    if found["format"] != FORMAT or accepts.get(found["runtime"]) != found["version"]:
+        raise CorruptEntry(f"built by {found}, this process loads format {FORMAT} of "
+                           f"{dict(accepts)}")
     # CRC-32 catches damage (truncation, bit rot, a foreign file) at twice sha256's speed; the
     # file's name, a sha256 of all inputs, is what ties it to a model.
     if header.get("size") != len(blob) or header.get("crc32") != zlib.crc32(blob):
         raise CorruptEntry("payload size or checksum mismatch (truncated or damaged)")
-    return blob
+    return Serialized(blob, found["runtime"], found["version"])
 
 
 @dataclass
 class Hit:
     engine: Engine
     source: str  # "memory", "disk" or "built"
+    runtime: str  # which runtime's engine: the one asked, or its fallback
 
 
 class EngineCache:
     def __init__(self) -> None:
-        self._engines: dict[str, Engine] = {}
+        # A loaded engine belongs to one device (a TensorRT engine lives in its GPU's memory):
+        # in memory, engines are per (key, device id); on disk, per key, so devices of the same
+        # device_key share the serialized engine and each loads its own.
+        self._engines: dict[tuple[str, int], Hit] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._unwritable: set[str] = set()
@@ -86,6 +95,7 @@ class EngineCache:
         self._bundles: list[Path] = []
         # How many engines were served from memory, loaded from disk, or built.
         self.lookups: Counter[str] = Counter()
+        self._observers: list[Callable[[str, Hit], None]] = []
 
     def add_bundle(self, folder: str) -> None:
         with self._guard:
@@ -97,36 +107,55 @@ class EngineCache:
             self._engines.clear()
             self.lookups.clear()
 
-    def get(self, key: str, cache_dir: str, runtime: str, version: str,
-            build: Callable[[], bytes], load: Callable[[bytes], Engine]) -> Hit:
+    @contextmanager
+    def watch(self, observer: Callable[[str, Hit], None]) -> Iterator[None]:
+        """Call ``observer(key, hit)`` after every lookup while the context lasts, in the thread
+        that made it (MXNet's engine thread for a forward): progress reports, counts."""
+        with self._guard:
+            self._observers.append(observer)
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._observers.remove(observer)
+
+    def get(self, key: str, cache_dir: str, accepts: Mapping[str, str],
+            build: Callable[[], Serialized], load: Callable[[Serialized], Engine],
+            device_id: int = 0) -> Hit:
+        """The engine of ``key`` loaded for ``device_id``; ``accepts`` (runtime name ->
+        version) says which serialized engines the caller's ``load`` takes."""
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # one build per key in this process
-            engine = self._engines.get(key)
-            hit = (Hit(engine, "memory") if engine is not None
-                   else self._from_disk(key, cache_dir, runtime, version, build, load))
-            self._engines[key] = hit.engine
+            kept = self._engines.get((key, device_id))
+            hit = (Hit(kept.engine, "memory", kept.runtime) if kept is not None
+                   else self._from_disk(key, cache_dir, accepts, build, load))
+            self._engines[(key, device_id)] = hit
         with self._guard:
             self.lookups[hit.source] += 1
+            observers = list(self._observers)
+        for observer in observers:
+            observer(key, hit)
         return hit
 
-    def _from_disk(self, key: str, cache_dir: str, runtime: str, version: str,
-                   build: Callable[[], bytes], load: Callable[[bytes], Engine]) -> Hit:
+    def _from_disk(self, key: str, cache_dir: str, accepts: Mapping[str, str],
+                   build: Callable[[], Serialized], load: Callable[[Serialized], Engine]) -> Hit:
         for bundle in self._bundles:
-            blob = self._read(bundle / f"{key}.engine", runtime, version, discard=False)
-            if blob is not None:
-                return Hit(load(blob), "disk")
+            entry = self._read(bundle / f"{key}.engine", accepts, discard=False)
+            if entry is not None:
+                return Hit(load(entry), "disk", entry.runtime)
         folder = self._writable(cache_dir)
         if folder is None:
-            return Hit(load(build()), "built")
+            entry = build()
+            return Hit(load(entry), "built", entry.runtime)
         path = folder / f"{key}.engine"
         with FileLock(str(path) + ".lock"):  # one build per key across processes
-            blob = self._read(path, runtime, version)
-            if blob is not None:
-                return Hit(load(blob), "disk")
-            blob = build()
-            self._write(path, pack(blob, runtime, version))
-        return Hit(load(blob), "built")
+            entry = self._read(path, accepts)
+            if entry is not None:
+                return Hit(load(entry), "disk", entry.runtime)
+            entry = build()
+            self._write(path, pack(*entry))
+        return Hit(load(entry), "built", entry.runtime)
 
     def _writable(self, cache_dir: str) -> Path | None:
         if cache_dir in self._unwritable:
@@ -145,13 +174,13 @@ class EngineCache:
         return folder
 
     @staticmethod
-    def _read(path: Path, runtime: str, version: str, discard: bool = True) -> bytes | None:
+    def _read(path: Path, accepts: Mapping[str, str], discard: bool = True) -> Serialized | None:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
         try:
-            return unpack(data, runtime, version)
+            return unpack(data, accepts)
         except CorruptEntry as err:
             if discard:
                 path.unlink(missing_ok=True)

@@ -58,6 +58,7 @@ class OrtEngine(Engine):
 
 class OrtRuntime(Runtime):
     name = "onnxruntime"
+    title = "ONNX Runtime on the CPU"
 
     def version(self) -> str:
         return ort.__version__

@@ -36,6 +36,7 @@ def _ref(array: np.ndarray) -> TensorRef:
 
 class StagedOrtRuntime(DeviceRuntime):
     name = "onnxruntime-staged"
+    title = "ONNX Runtime on the host, copying inputs and outputs (slow)"
 
     def __init__(self) -> None:
         self._ort = OrtRuntime()
