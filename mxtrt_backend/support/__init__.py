@@ -14,11 +14,12 @@ The entries live in modules by op family: nn, elementwise, tensor, reduce, detec
 """
 from __future__ import annotations
 
-from . import detection, elementwise, nn, reduce, tensor  # noqa: F401  each registers its ops
+# Each module registers its ops; in this order they are listed (docs/coverage.md).
+from . import nn, elementwise, tensor, reduce, detection  # noqa: F401, I001
 from ._registry import (INTEGER_DTYPES, REGISTRY, SUPPORTED_DTYPES, Attrs, OpSupport,
-                        Predicate, ShapeNeeded, TensorInfo, always, param_slots, refusal,
-                        register, training_difference)
+                        Predicate, ShapeNeeded, TensorInfo, always, ops_table, param_slots,
+                        refusal, registrar, training_difference)
 
 __all__ = ["INTEGER_DTYPES", "REGISTRY", "SUPPORTED_DTYPES", "Attrs", "OpSupport", "Predicate",
-           "ShapeNeeded", "TensorInfo", "always", "param_slots", "refusal", "register",
-           "training_difference"]
+           "ShapeNeeded", "TensorInfo", "always", "ops_table", "param_slots", "refusal",
+           "registrar", "training_difference"]

@@ -38,6 +38,7 @@ class OpSupport:
     # Its export computes MXNet's integer arithmetic exactly, on int32/int64 tensors TensorRT
     # keeps as such (shape computations, indices).
     integers: bool = False
+    family: str = ""
 
 
 REGISTRY: dict[str, OpSupport] = {}
@@ -50,18 +51,27 @@ SUPPORTED_DTYPES = ("float32", "float16")
 INTEGER_DTYPES = ("int32", "int64")
 
 
-def register(*ops: str, param_slots: tuple[int, ...] = (), check_inputs: InputsCheck | None = None,
-             float16_problem: str | None = None, in_training: Predicate | None = None,
-             integers: bool = False) -> Callable[[Predicate], Predicate]:
-    """Register one predicate for one or more ops (ops that share their rules)."""
+Register = Callable[..., Callable[[Predicate], Predicate]]
 
-    def add(check: Predicate) -> Predicate:
-        for op in ops:
-            REGISTRY[op] = OpSupport(op, check, param_slots, check_inputs, float16_problem,
-                                     in_training, integers)
-        return check
 
-    return add
+def registrar(family: str) -> Register:
+    """The ``register`` of one op family (a module of this package; the docs group ops by it)."""
+
+    def register(*ops: str, param_slots: tuple[int, ...] = (),
+                 check_inputs: InputsCheck | None = None, float16_problem: str | None = None,
+                 in_training: Predicate | None = None, integers: bool = False
+                 ) -> Callable[[Predicate], Predicate]:
+        """Register one predicate for one or more ops (ops that share their rules)."""
+
+        def add(check: Predicate) -> Predicate:
+            for op in ops:
+                REGISTRY[op] = OpSupport(op, check, param_slots, check_inputs, float16_problem,
+                                         in_training, integers, family)
+            return check
+
+        return add
+
+    return register
 
 
 def always(_: Attrs) -> str | None:
@@ -92,6 +102,18 @@ def refusal(op: str, attrs: Attrs, exclude_ops: tuple[str, ...] = (),
     if problem is None and entry.check_inputs is not None:
         problem = entry.check_inputs(attrs, inputs)
     return problem
+
+
+def ops_table() -> str:
+    """The registered ops by family, as the Markdown table of docs/coverage.md."""
+    families: dict[str, list[OpSupport]] = {}
+    for entry in REGISTRY.values():
+        families.setdefault(entry.family, []).append(entry)
+    rows = [f"| {family} ({len(entries)}) | "
+            + ", ".join(f"`{e.op}`" + ("\\*" if e.integers else "") for e in entries) + " |"
+            for family, entries in families.items()]
+    return "\n".join(["| Family | MXNet ops (\\*: also on int32/int64 tensors) |", "|---|---|",
+                      *rows])
 
 
 def training_difference(op: str, attrs: Attrs) -> str | None:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ._registry import Attrs, ShapeNeeded, TensorInfo, always, register
+from ._registry import Attrs, ShapeNeeded, TensorInfo, always, registrar
 from ._rules import first_problem, ints, is_false, one_of
 from .tensor import TOPK_LIMIT
+
+register = registrar("Detection")
 
 
 register("_contrib_box_decode")(always)

@@ -1,8 +1,10 @@
 """Element-wise maths: unary functions, same-shape and broadcast binary ops, scalar ops, casts."""
 from __future__ import annotations
 
-from ._registry import INTEGER_DTYPES, SUPPORTED_DTYPES, Attrs, always, register
+from ._registry import INTEGER_DTYPES, SUPPORTED_DTYPES, Attrs, always, registrar
 from ._rules import one_of
+
+register = registrar("Element-wise")
 
 register(
     "relu", "sigmoid", "tanh", "exp", "log", "sqrt", "square", "reciprocal",

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ._registry import Attrs, ShapeNeeded, TensorInfo, always, register
+from ._registry import Attrs, ShapeNeeded, TensorInfo, always, registrar
 from ._rules import first_problem, flag, ints, is_false, one_of, unset
+
+register = registrar("Layers")
 
 # ONNX convolutions and pools are channel-first only; mx2onnx also rejects an explicit 'NCW'
 # (it accepts 1-D data only under the default layout).

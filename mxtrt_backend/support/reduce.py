@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ._registry import Attrs, ShapeNeeded, TensorInfo, always, register
+from ._registry import Attrs, ShapeNeeded, TensorInfo, always, registrar
 from ._rules import first_problem, flag, is_false, one_of, unset
+
+register = registrar("Reductions and products")
 
 
 @register("sum", "mean", "max", "min", "prod")

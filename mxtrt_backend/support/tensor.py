@@ -1,8 +1,10 @@
 """Shape and layout: reshape, transpose, slicing, joining and splitting, broadcasting, indexing."""
 from __future__ import annotations
 
-from ._registry import Attrs, always, register
+from ._registry import Attrs, always, registrar
 from ._rules import first_problem, ints, one_of, unset
+
+register = registrar("Shape, layout and indexing")
 
 
 @register("Reshape", integers=True)
