@@ -33,70 +33,77 @@ _END = int(np.iinfo(np.int64).max)
 def box_nms(node: dict, **kwargs: Any) -> list:
     e = Emitter(node, kwargs)
     data, dtype = e.inputs[0], e.dtypes[0]
-    start = int(e.attr("coord_start", "2"))
-    score_at, id_at = int(e.attr("score_index", "1")), int(e.attr("id_index", "-1"))
-    topk = int(e.attr("topk", "-1"))
-    by_class = id_at >= 0 and not e.flag("force_suppress")
-    out_name = e.name + "0"  # box_nms has a second, hidden output: MXNet lists "<name>_output0"
+    start, topk = int(e.attr("coord_start", "2")), int(e.attr("topk", "-1"))
+    id_at = int(e.attr("id_index", "-1"))
 
     shape = e.op("Shape", data)
-    rows3 = e.op("Reshape", data, e.op("Concat", e.const([-1]), e.op(
+    rows = e.op("Reshape", data, e.op("Concat", e.const([-1]), e.op(
         "Slice", shape, e.const([-2]), e.const([_END]), e.const([0])), axis=0))  # [B, N, W]
-    rows = rows3 if dtype == np.float32 else e.op("Cast", rows3, to=TensorProto.FLOAT)
-
-    def column(tensor: str, index: int) -> str:
-        return e.op("Gather", tensor, e.const(index), axis=2)
-
-    scores = column(rows, score_at)                                        # [B, N]
-    valid = e.op("Greater", scores, e.const([float(e.attr("valid_thresh", "0"))], np.float32))
-    if id_at >= 0:
-        background = e.const([float(e.attr("background_id", "-1"))], np.float32)
-        valid = e.op("And", valid, e.op("Not", e.op("Equal", column(rows, id_at), background)))
-    ranked = e.op("Where", valid, scores, e.const([-np.inf], np.float32))
-
+    if dtype != np.float32:  # NonMaxSuppression computes in float32
+        rows = e.op("Cast", rows, to=TensorProto.FLOAT)
     count = e.dim(shape, -2)                                               # N, as [1]
     k = count if topk < 0 else e.op("Min", count, e.const([topk]))
-    _, order = e.multi("TopK", ranked, k, outs=[e.fresh("topv"), e.fresh("topi")], axis=1,
-                       largest=1, sorted=1)                                # [B, k]
-    chosen = e.op("GatherElements", valid, order, axis=1)                  # [B, k]
-    candidates = e.op("GatherND", rows, e.op("Unsqueeze", order, e.const([2])), batch_dims=1)
-
+    chosen, candidates = _candidates(e, rows, k, id_at)                    # [B, k], [B, k, W]
     k_scalar = e.scalar(k)
     rank = e.op("Cast", e.op("Range", k_scalar, e.const(0), e.const(-1)), to=TensorProto.FLOAT)
     nms_scores = e.op("Where", chosen, rank, e.const([0.0], np.float32))   # [B, k]
-    if by_class:
-        nms_scores = _per_class(e, column(candidates, id_at), nms_scores, k_scalar)
+    if id_at >= 0 and not e.flag("force_suppress"):
+        nms_scores = _per_class(e, _column(e, candidates, id_at), nms_scores, k_scalar)
     else:
         nms_scores = e.op("Unsqueeze", nms_scores, e.const([1]))           # [B, 1, k]
     selected = e.op("NonMaxSuppression", _empty_if_inverted(e, candidates, start), nms_scores,
                     k_scalar, e.const(float(e.attr("overlap_thresh", "0.5")), np.float32),
                     e.const(0.5, np.float32))                              # [M, 3]
+    written = _survivors_first(e, candidates, selected, rank, k)           # [B, k, W]
+    if e.attr("in_format", "corner") != e.attr("out_format", "corner"):
+        written = _corner_to_center(e, written, start)
 
-    where = e.op("Gather", selected, e.const([0, 2]), axis=1)              # (batch, rank)
+    rows_shape = e.op("Shape", rows)
+    rest = e.op("Concat", e.dim(rows_shape, 0), e.op("Sub", count, k), e.dim(rows_shape, 2),
+                axis=0)
+    padded = e.op("Concat", written, e.op("Expand", e.const([-1.0], np.float32), rest), axis=1)
+    out = e.name + "0"  # box_nms has a second, hidden output: MXNet lists "<name>_output0"
+    if dtype == np.float32:
+        e.op("Reshape", padded, shape, out=out)
+    else:
+        e.op("Cast", e.op("Reshape", padded, shape), to=e.onnx_type(dtype), out=out)
+    return e.nodes
+
+
+def _column(e: Emitter, rows: str, index: int) -> str:
+    return e.op("Gather", rows, e.const(index), axis=2)
+
+
+def _candidates(e: Emitter, rows: str, k: str, id_at: int) -> tuple[str, str]:
+    """MXNet's candidates: valid rows, the first k by score (ties: lower index first). Returns
+    which of the k are valid (fewer may be) and their rows."""
+    scores = _column(e, rows, int(e.attr("score_index", "1")))            # [B, N]
+    valid = e.op("Greater", scores, e.const([float(e.attr("valid_thresh", "0"))], np.float32))
+    if id_at >= 0:
+        background = e.const([float(e.attr("background_id", "-1"))], np.float32)
+        valid = e.op("And", valid, e.op("Not", e.op("Equal", _column(e, rows, id_at), background)))
+    ranked = e.op("Where", valid, scores, e.const([-np.inf], np.float32))
+    _, order = e.multi("TopK", ranked, k, outs=[e.fresh("topv"), e.fresh("topi")], axis=1,
+                       largest=1, sorted=1)                                # [B, k]
+    chosen = e.op("GatherElements", valid, order, axis=1)
+    return chosen, e.op("GatherND", rows, e.op("Unsqueeze", order, e.const([2])), batch_dims=1)
+
+
+def _survivors_first(e: Emitter, candidates: str, selected: str, rank: str, k: str) -> str:
+    """The rows NonMaxSuppression selected, in rank order, then -1 rows: [B, k, W]."""
+    where = e.op("Gather", selected, e.const([0, 2]), axis=1)              # (batch, candidate)
     ones = e.op("Expand", e.const(1.0, np.float32), e.dim(e.op("Shape", selected), 0))
-    batch_k = e.op("Shape", chosen)
+    batch_k = e.op("Concat", e.dim(e.op("Shape", candidates), 0), k, axis=0)
     kept = e.op("ScatterND", e.op("ConstantOfShape", batch_k), where, ones)  # [B, k] 0/1
-    # Survivors first, in rank order, then the rest.
-    key = e.op("Add", e.op("Mul", kept, e.op("Cast", e.op("Mul", k, e.const([2])),
-                                                to=TensorProto.FLOAT)), rank)
+    # Survivors rank above the rest (key 2k + rank against rank), each group in rank order.
+    double_k = e.op("Cast", e.op("Mul", k, e.const([2])), to=TensorProto.FLOAT)
+    key = e.op("Add", e.op("Mul", kept, double_k), rank)
     _, final = e.multi("TopK", key, k, outs=[e.fresh("keyv"), e.fresh("keyi")], axis=1,
                        largest=1, sorted=1)
     survives = e.op("Unsqueeze", e.op("Cast", e.op("GatherElements", kept, final, axis=1),
                                       to=TensorProto.BOOL), e.const([2]))
     written = e.op("GatherND", candidates, e.op("Unsqueeze", final, e.const([2])), batch_dims=1)
-    minus_one = e.const([-1.0], np.float32)
-    written = e.op("Where", survives, written, minus_one)                  # [B, k, W]
-    if e.attr("in_format", "corner") != e.attr("out_format", "corner"):
-        written = _corner_to_center(e, written, start)
-
-    rest = e.op("Concat", e.dim(e.op("Shape", rows), 0), e.op("Sub", count, k),
-                e.dim(e.op("Shape", rows), 2), axis=0)
-    padded = e.op("Concat", written, e.op("Expand", minus_one, rest), axis=1)  # [B, N, W]
-    if dtype == np.float32:
-        e.op("Reshape", padded, shape, out=out_name)
-    else:
-        e.op("Cast", e.op("Reshape", padded, shape), to=e.onnx_type(dtype), out=out_name)
-    return e.nodes
+    return e.op("Where", survives, written, e.const([-1.0], np.float32))
 
 
 def _per_class(e: Emitter, ids: str, scores: str, k: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+from onnx import numpy_helper
 
 from ._emit import Emitter
 
@@ -57,7 +58,7 @@ def _explicitly_padded(e: Emitter, kernel: list[int], stride: list[int], pad: li
     spatial = e.op("Slice", e.op("Shape", data), e.const([2]), e.const([np.iinfo(np.int64).max]),
                    e.const([0]))
     ones = e.op("ConstantOfShape", e.op("Concat", e.const([1, 1]), spatial, axis=0),
-                value=_one(e, dtype))
+                value=numpy_helper.from_array(np.ones(1, dtype=dtype)))
     counted = e.const(1 if e.flag("count_include_pad", True) else 0, dtype)
     declared = e.op("Pad", ones, e.const(zeros + pad + zeros + pad), counted, mode="constant")
     overhang = e.const(zeros + [0] * len(pad) + zeros + [s - 1 for s in stride])
@@ -65,12 +66,6 @@ def _explicitly_padded(e: Emitter, kernel: list[int], stride: list[int], pad: li
     counts = e.op("AveragePool", mask, count_include_pad=1, **attrs)  # counts / kernel size
     e.op("Div", sums, counts, out=e.name)
     return e.nodes
-
-
-def _one(e: Emitter, dtype: np.dtype) -> Any:
-    from onnx import numpy_helper
-
-    return numpy_helper.from_array(np.ones(1, dtype=dtype))
 
 
 def adaptive_avg_pooling(original: Converter) -> Converter:
