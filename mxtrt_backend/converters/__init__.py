@@ -6,11 +6,10 @@ A converter takes an MXNet node (its JSON dict) and mx2onnx's context, and retur
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from . import detection, layout, pooling, tensor
-
-Converter = Callable[..., Any]
+from ._emit import Converter
 
 
 def _mx2onnx(op: str) -> Converter:

@@ -9,13 +9,18 @@ otherwise, and later converters make their constants of that dtype).
 from __future__ import annotations
 
 import ast
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 TRUE = ("True", "1", "true")
+
+# converter(node, **mx2onnx's kwargs) -> ONNX nodes, or (nodes, output dtypes)
+Converter = Callable[..., Any]
+# A Slice end meaning "to the end".
+END = int(np.iinfo(np.int64).max)
 
 
 class Emitter:
@@ -72,7 +77,7 @@ class Emitter:
     def dim(self, shape: str, index: int) -> str:
         """Dimension ``index`` (negative counts from the end) of a Shape output, as a 1-D
         tensor of one element."""
-        stop = index + 1 if index != -1 else np.iinfo(np.int64).max
+        stop = index + 1 if index != -1 else END
         return self.op("Slice", shape, self.const([index]), self.const([stop]), self.const([0]))
 
     def scalar(self, tensor: str) -> str:

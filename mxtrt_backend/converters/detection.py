@@ -25,9 +25,7 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto
 
-from ._emit import Emitter
-
-_END = int(np.iinfo(np.int64).max)
+from ._emit import END, Emitter
 
 
 def box_nms(node: dict, **kwargs: Any) -> list:
@@ -38,7 +36,7 @@ def box_nms(node: dict, **kwargs: Any) -> list:
 
     shape = e.op("Shape", data)
     rows = e.op("Reshape", data, e.op("Concat", e.const([-1]), e.op(
-        "Slice", shape, e.const([-2]), e.const([_END]), e.const([0])), axis=0))  # [B, N, W]
+        "Slice", shape, e.const([-2]), e.const([END]), e.const([0])), axis=0))  # [B, N, W]
     if dtype != np.float32:  # NonMaxSuppression computes in float32
         rows = e.op("Cast", rows, to=TensorProto.FLOAT)
     count = e.dim(shape, -2)                                               # N, as [1]
@@ -138,4 +136,4 @@ def _corner_to_center(e: Emitter, rows: str, start: int) -> str:
     converted = e.op("Concat", center, e.op("Sub", high, low), axis=2)
     skipped = e.op("Less", part(start, start + 1), e.const([0.0], np.float32))
     boxes = e.op("Where", skipped, part(start, start + 4), converted)
-    return e.op("Concat", part(0, start), boxes, part(start + 4, _END), axis=2)
+    return e.op("Concat", part(0, start), boxes, part(start + 4, END), axis=2)

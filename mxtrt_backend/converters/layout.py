@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
-from ._emit import Emitter
-
-_END = int(np.iinfo(np.int64).max)
+from ._emit import END, Emitter
 
 
 @dataclass(frozen=True)
@@ -24,7 +21,7 @@ class _Piece:
     kind: str  # "const" | "dims" | "merge" | "div"
     values: tuple[int, ...] = ()
     start: int = 0
-    stop: int = _END
+    stop: int = END
 
 
 class ReshapeCodeError(ValueError):
@@ -42,18 +39,18 @@ def plan(codes: list[int], reverse: bool) -> list[_Piece]:
     src, i = 0, 0
     while i < len(seq):
         code = seq[i]
-        if code in (0, -3, -4) and src == _END:
+        if code in (0, -3, -4) and src == END:
             raise ReshapeCodeError(f"shape {codes}: {code} after -2 has no input dim left")
         if code == 0:
-            pieces.append(_Piece("dims", start=at(src), stop=at(src) + 1 or _END))
+            pieces.append(_Piece("dims", start=at(src), stop=at(src) + 1 or END))
             src += 1
         elif code == -1 or code > 0:
             pieces.append(_Piece("const", (code,)))
             src += 1
         elif code == -2:  # the rest, in input order
-            pieces.append(_Piece("dims", start=0, stop=-src or _END) if reverse
+            pieces.append(_Piece("dims", start=0, stop=-src or END) if reverse
                           else _Piece("dims", start=src))
-            src = _END  # nothing left to consume
+            src = END  # nothing left to consume
         elif code == -3:
             pieces.append(_Piece("merge", start=at(src), stop=at(src + 1)))
             src += 2

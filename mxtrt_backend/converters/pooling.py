@@ -11,14 +11,12 @@ count_include_pad), zeros elsewhere.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from onnx import numpy_helper
 
-from ._emit import Emitter
-
-Converter = Callable[..., Any]
+from ._emit import END, Converter, Emitter
 
 
 def pooling(original: Converter) -> Converter:
@@ -55,7 +53,7 @@ def _explicitly_padded(e: Emitter, kernel: list[int], stride: list[int], pad: li
     sums = e.op("AveragePool", padded, count_include_pad=1, **attrs)  # window sums / kernel size
     # The mask: [1, 1, *spatial] ones, padded with ones (declared padding MXNet counts) or zeros
     # (padding it does not), then zeros for the overhang.
-    spatial = e.op("Slice", e.op("Shape", data), e.const([2]), e.const([np.iinfo(np.int64).max]),
+    spatial = e.op("Slice", e.op("Shape", data), e.const([2]), e.const([END]),
                    e.const([0]))
     ones = e.op("ConstantOfShape", e.op("Concat", e.const([1, 1]), spatial, axis=0),
                 value=numpy_helper.from_array(np.ones(1, dtype=dtype)))

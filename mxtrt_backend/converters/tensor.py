@@ -2,12 +2,10 @@
 converters make their constants of the declared dtype, so a wrong declaration breaks them)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-from ._emit import Emitter
-
-Converter = Callable[..., Any]
+from ._emit import Converter, Emitter
 
 
 def softmax_activation(node: dict, **kwargs: Any) -> list:
