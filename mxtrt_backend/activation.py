@@ -73,7 +73,9 @@ def enabled(environ: Mapping[str, str] | None = None) -> bool:
 
 
 @contextmanager
-def _subgraph_backend(name: str) -> Iterator[None]:
+def subgraph_backend(name: str) -> Iterator[None]:
+    """MXNET_SUBGRAPH_BACKEND=name for the binds inside (MXNet reads it at bind): "NONE" binds
+    plain MXNet unfused; our backend's name keeps MXNet's own backend off a partitioned graph."""
     with _partition_lock:
         previous = os.environ.get(SUBGRAPH_ENV)
         os.environ[SUBGRAPH_ENV] = name
@@ -249,7 +251,7 @@ def _hook_binder(original: Callable[..., Any], plan: Plan) -> Callable[..., Any]
         if not ours:
             return original(self, *args, **kwargs)
         call.arguments["self"] = partitioned
-        with _subgraph_backend(BACKEND):  # MXNet's own backend would re-partition the rest
+        with subgraph_backend(BACKEND):  # MXNet's own backend would re-partition the rest
             executor = original(*call.args, **call.kwargs)
         if partitioned is not self:
             _in_source_order(executor, partitioned, self)
@@ -299,7 +301,7 @@ def _hook_reshape(original: Callable[..., Any]) -> Callable[..., Any]:
         partitioned = getattr(self, "_mxtrt_partitioned", None)
         if training is None and partitioned is None:
             return original(self, *args, **kwargs)
-        with _subgraph_backend(BACKEND):
+        with subgraph_backend(BACKEND):
             executor = original(self, *args, **kwargs)
         executor._mxtrt_training = training
         if partitioned is None:

@@ -42,6 +42,10 @@ SUBCOMMANDS = (
     Subcommand("doctor", "doctor", "print MXNet, CUDA, GPU, TensorRT and ONNX Runtime versions, "
                                    "check that a tiny network builds and runs through each runtime, "
                                    "and say which runtime each command uses"),
+    Subcommand("serve", "serve", "serve a checkpoint or a converted folder through Triton Inference "
+                                 "Server (HTTP, gRPC, dynamic batching) with the backend inside"),
+    Subcommand("export-triton", "triton_repo", "write a Triton model repository: ONNX (CPU) or a "
+                                               "TensorRT plan (GPU), else a Python-backend model"),
 )
 
 

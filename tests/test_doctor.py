@@ -29,7 +29,8 @@ def test_doctor_without_tensorrt_reports_it_and_checks_onnx_runtime(tmp_path):
     assert error <= doctor.TOLERANCE
     # Which runtime each command uses, with and without --ctx.
     commands = run.stdout.split("Commands (")[1]
-    assert commands.startswith("demo, convert, bench take --ctx):")
+    assert commands.startswith(f"{', '.join(cli.commands_with('--ctx'))} take --ctx):")
+    assert {"demo", "convert", "bench"} <= set(cli.commands_with("--ctx"))
     assert f"--ctx cpu            ONNX Runtime on the CPU (onnxruntime {onnxruntime.__version__})" in commands
     if cli.gpu_problem(cli.Device("gpu", 0)) is not None:
         assert "  default              --ctx cpu (GPU contexts cannot run here: " in commands
