@@ -117,6 +117,23 @@ def _given_values(result: Any, args: Mapping[str, Any] | None, aux: Mapping[str,
     return {name: value for name, value in given.items() if name in inputs and name not in data}
 
 
+# MXNet cannot load a `_TensorRT` node before `import mxtrt_backend` registers the op, and its
+# error names the node: "Failed loading Op <name> of type _TensorRT: ... Operator _TensorRT is not
+# registered". The name carries the fix.
+NAME_HINT = "_needs_import_mxtrt_backend"
+
+
+def _name_with_hint(sym: Any) -> None:
+    """Rename the `_TensorRT` nodes of ``sym`` in place ("_op0" -> "_op0" + NAME_HINT)."""
+    ops = {node["name"]: node["op"] for node in json.loads(sym.tojson())["nodes"]}
+    internals = sym.get_internals()  # shares its nodes with sym
+    for i in range(len(internals.list_outputs())):
+        node = internals[i]
+        # A further output of a node renamed here has a name not in `ops`.
+        if ops.get(node.name) == OP_NAME and not node.name.endswith(NAME_HINT):
+            node._set_attr(name=node.name + NAME_HINT)
+
+
 def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
     """Symbol.optimize_for for our backend: one partitioning at a time, a report per call, our
     own errors (MXNet drops a partitioner's message), and a symbol that remembers the values."""
@@ -152,6 +169,7 @@ def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
                 result = original(self, backend, args, aux, *rest,
                                   **dict(kwargs, skip_infer=True))
                 partition.note_inference_failure(report, mx_err)
+        _name_with_hint(result)
         partitioned = PartitionedSymbol(result.handle)
         result.handle = None  # the handle now belongs to `partitioned`
         partitioned.report = report

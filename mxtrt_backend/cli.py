@@ -39,6 +39,8 @@ SUBCOMMANDS = (
     Subcommand("bench", "bench", "plain MXNet vs the backend on the same input and device: "
                                  "latency (median, p90), throughput, speed-up and output "
                                  "difference per batch size and precision"),
+    Subcommand("cache", "cache_command", "the on-disk engine cache: list its engines, clear it, or "
+                                         "prune the least recently used ones beyond a size"),
     Subcommand("doctor", "doctor", "print MXNet, CUDA, GPU, TensorRT and ONNX Runtime versions, "
                                    "check that a tiny network builds and runs through each runtime, "
                                    "and say which runtime each command uses"),

@@ -6,10 +6,13 @@ default. Nothing else in the package reads the environment for options.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -29,11 +32,78 @@ def _parse_int(text: str) -> int:
 
 
 def _parse_names(text: str) -> tuple[str, ...]:
-    return tuple(sorted({part.strip() for part in text.split(",") if part.strip()}))
+    """"a,b" or, as MXNet passes a Python list given as a keyword, "['a', 'b']"."""
+    text = text.strip()
+    if text[:1] in "[(":
+        try:
+            parts = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError("expected comma-separated names or a list of strings") from None
+        if not isinstance(parts, (list, tuple)) or not all(isinstance(p, str) for p in parts):
+            raise ValueError("expected comma-separated names or a list of strings")
+    else:
+        parts = text.split(",")
+    return tuple(sorted({part.strip() for part in parts if part.strip()}))
+
+
+@functools.lru_cache(maxsize=1)
+def _mxnet_op_names() -> frozenset[str]:
+    import mxnet as mx
+
+    return frozenset(mx.operator.get_all_registered_operators())
+
+
+def _check_op_names(value: tuple[str, ...]) -> str | None:
+    known = _mxnet_op_names()
+    for name in value:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else (
+                "op names are as in the symbol's JSON, e.g. Convolution, Pooling, relu")
+            return f"'{name}' is not an MXNet operator; {hint}"
+    return None
 
 
 def _parse_path(text: str) -> str:
     return str(Path(text.strip()).expanduser())
+
+
+def _parse_folder(text: str) -> str:
+    if not text.strip():
+        raise ValueError("an empty folder name would put engines in the working directory; name a "
+                         "folder, or unset the variable for the default")
+    return _parse_path(text)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check_threads(value: int) -> str | None:
+    if 0 <= value <= usable_cpus():
+        return None
+    return (f"must be between 0 and {usable_cpus()}, the CPUs this process may use (0 lets ONNX "
+            "Runtime choose); more threads than CPUs only slow ONNX Runtime down")
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _parse_size(text: str) -> int:
+    """Bytes from "5368709120", "500M", "5G", "5GiB" or "1.5GB" (powers of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError('expected a size in bytes, e.g. "5G", "500M" or "0" (no limit)')
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def _parse_seconds(text: str) -> float:
+    return float(text.strip())
 
 
 def _at_least(minimum: int) -> Callable[[Any], str | None]:
@@ -145,8 +215,9 @@ class Options:
         2, env="MXNET_TENSORRT_MIN_SUBGRAPH_SIZE", parse=_parse_int, check=_at_least(1),
         help="smallest number of operator nodes worth a `_TensorRT` subgraph")
     exclude_ops: tuple[str, ...] = _option(
-        (), env="MXNET_TENSORRT_EXCLUDE_OPS", parse=_parse_names, shown_default="none",
-        help="comma-separated MXNet op names that stay in MXNet")
+        (), env="MXNET_TENSORRT_EXCLUDE_OPS", parse=_parse_names, check=_check_op_names,
+        shown_default="none",
+        help="comma-separated MXNet op names that stay in MXNet (a Python list works too)")
     param_inputs: tuple[str, ...] = _option(
         (), env="MXNET_TENSORRT_PARAM_INPUTS", parse=_parse_names, shown_default="none",
         help="comma-separated input names baked into engines as constants, besides those feeding "
@@ -156,13 +227,22 @@ class Options:
         help="comma-separated input names never baked, even when a value was given at "
              "partitioning (the Gluon hook sets the block's data inputs)")
     cache_dir: str = _option(
-        env="MXTRT_CACHE_DIR", parse=_parse_path, default_factory=_default_cache_dir,
+        env="MXTRT_CACHE_DIR", parse=_parse_folder, default_factory=_default_cache_dir,
         shown_default="`$XDG_CACHE_HOME/mxtrt` or `~/.cache/mxtrt`",
-        help="folder of the on-disk engine cache")
+        help="folder of the on-disk engine cache (not empty)")
+    cache_max_size: int = _option(
+        5 << 30, env="MXTRT_CACHE_MAX_SIZE", parse=_parse_size, shown_default="`5G`",
+        help="size limit of the engines in `cache_dir`, e.g. `500M`, `20G` (powers of 1024); the "
+             "least recently used engines are deleted beyond it; `0`: no limit")
+    cache_lock_timeout: float = _option(
+        600.0, env="MXTRT_CACHE_LOCK_TIMEOUT", parse=_parse_seconds, check=_at_least(0),
+        shown_default="`600` (seconds)",
+        help="how long to wait for another process building the same engine before building it "
+             "in this process too (a stopped holder is not waited for)")
     ort_threads: int = _option(
-        0, env="MXNET_TENSORRT_ORT_THREADS", parse=_parse_int, check=_at_least(0),
+        0, env="MXNET_TENSORRT_ORT_THREADS", parse=_parse_int, check=_check_threads,
         affects_engine=True, shown_default="0 (ONNX Runtime decides)",
-        help="ONNX Runtime intra-op threads on CPU contexts")
+        help="ONNX Runtime intra-op threads on CPU contexts, at most the CPUs this process may use")
     precision: str = _option(
         "fp32", env="MXNET_TENSORRT_PRECISION", parse=_parse_precision, check=_check_precision,
         affects_engine=True,

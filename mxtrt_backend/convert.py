@@ -164,15 +164,20 @@ def _replace(out: Path, staging: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _without_cache_dir(symbol_json: str) -> str:
-    """The partitioned symbol as saved: the build folder given to optimize_for is convert's own
-    business, not an option the converted model carries."""
+# Where and how convert keeps the engines it builds: its own business, not options the converted
+# model carries.
+_BUILD_OPTIONS = {"cache_dir", "cache_max_size"}
+
+
+def _without_build_options(symbol_json: str) -> str:
+    """The partitioned symbol as saved, without convert's _BUILD_OPTIONS."""
     graph = json.loads(symbol_json)
     for node in graph["nodes"]:
         raw = node.get("attrs", {}).get(partition.ATTR_OPTIONS)
         if raw is not None:
             opts = json.loads(raw)
-            opts.pop("cache_dir", None)
+            for name in _BUILD_OPTIONS:
+                opts.pop(name, None)
             node["attrs"][partition.ATTR_OPTIONS] = json.dumps(opts, sort_keys=True)
     return json.dumps(graph, ensure_ascii=False, indent=2)
 
@@ -221,7 +226,8 @@ def convert(prefix: str, epoch: int, out: str, shapes: Mapping[str, Shape],
 
     raw = dict(options or {})
     user_cache = config.resolve({k: v for k, v in raw.items() if k == "cache_dir"}).cache_dir
-    raw.pop("cache_dir", None)
+    for name in _BUILD_OPTIONS:
+        raw.pop(name, None)
     resolved = config.resolve(raw)
     if device.kind == "gpu" and resolved.precision == "int8" and not (
             resolved.calibration_cache or resolved.calibration_data):
@@ -236,8 +242,9 @@ def convert(prefix: str, epoch: int, out: str, shapes: Mapping[str, Shape],
     ctx = device.context()
     with _staged(target) as staging:
         engines = staging / ENGINES_DIR
+        # Every engine lands in the folder, whatever the user's cache size limit.
         part = model.symbol.optimize_for("TensorRT", model.args, model.aux, ctx=ctx,
-                                         cache_dir=str(engines), **raw)
+                                         cache_dir=str(engines), cache_max_size="0", **raw)
         report: partition.PartitionReport = part.report
         accepted = sum(s.accepted for s in report.subgraphs)
         ENGINES.clear_memory()  # every engine is made here, so it lands in the folder
@@ -249,7 +256,7 @@ def convert(prefix: str, epoch: int, out: str, shapes: Mapping[str, Shape],
             ex.forward(is_train=False)
             mx.nd.waitall()
         symbol_file = staging / f"{PREFIX}-symbol.json"
-        symbol_file.write_text(_without_cache_dir(part.tojson()), encoding="utf-8")
+        symbol_file.write_text(_without_build_options(part.tojson()), encoding="utf-8")
         mx.sym.load(str(symbol_file))  # what load() will do: fails here, not in the user's hands
         mx.nd.save(str(staging / f"{PREFIX}-{EPOCH:04d}.params"),
                    {**{f"arg:{k}": v for k, v in model.args.items()},

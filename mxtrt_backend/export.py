@@ -79,7 +79,8 @@ class Subgraph:
         # Stamped so MXNet does not take the graph for a pre-1.0 file and "upgrade" it.
         major, minor, patch = (int(p) for p in mx.__version__.split(".")[:3])
         version = ["int", major * 10000 + minor * 100 + patch]
-        return json.dumps(dict(self.graph, attrs={"mxnet_version": version}))
+        # Unescaped: MXNet's JSON reader rejects \u escapes (non-ASCII node names).
+        return json.dumps(dict(self.graph, attrs={"mxnet_version": version}), ensure_ascii=False)
 
 
 @dataclass(frozen=True)

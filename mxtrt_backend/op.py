@@ -19,7 +19,7 @@ import numpy as np
 
 from . import config, export, partition
 from .engine import Engine, Runtime, Serialized, TensorRef, runtime_for
-from .engine.cache import ENGINES, cache_key
+from .engine.cache import ENGINES, Store, cache_key
 from .params import ParamTracker
 
 log = logging.getLogger("mxtrt")
@@ -39,6 +39,7 @@ class OpState:
     device_id: int
     params: ParamTracker
     engine: Engine | None = None
+    key: str | None = None  # the engine's cache key
     # The inputs the engine takes at run time: those not baked into it.
     data: tuple[int, ...] = ()
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -114,7 +115,13 @@ def _check_io(state: OpState, inputs: Sequence[TensorRef], outputs: Sequence[Ten
                              f"{dtype}{list(dims)}")
 
 
-def _engine_for(state: OpState, inputs: Sequence[TensorRef]) -> Engine:
+def _label(subgraph: export.Subgraph) -> str:
+    """What an engine computes, for `mxtrt cache list`: its first and last node."""
+    compute = [n["name"] for n in subgraph.graph["nodes"] if n["op"] != "null"]
+    return f"{compute[0]} .. {compute[-1]} ({len(compute)} nodes)" if compute else ""
+
+
+def _engine_for(state: OpState, inputs: Sequence[TensorRef]) -> tuple[Engine, str]:
     runtime, options = state.runtime, state.options
     baked = state.params.baked
     names = state.subgraph.input_names
@@ -134,16 +141,16 @@ def _engine_for(state: OpState, inputs: Sequence[TensorRef]) -> Engine:
                                    options, state.device_id)
 
     start = time.perf_counter()
-    hit = ENGINES.get(key, options.cache_dir, runtime.accepts(), build,
+    hit = ENGINES.get(key, Store.of(options), runtime.accepts(), build,
                       lambda entry: runtime.load_entry(entry, data_names,
                                                        state.structure.output_names, options,
                                                        state.device_id),
-                      state.device_id)
+                      state.device_id, label=_label(state.subgraph), replaces=state.key)
     if hit.source != "memory":
         log.info("mxtrt: subgraph %s: %d nodes, runtime %s, %.1f ms, cache %s", state.name,
                  state.subgraph.compute_nodes, hit.runtime,
                  (time.perf_counter() - start) * 1e3, "miss" if hit.source == "built" else "hit (disk)")
-    return hit.engine
+    return hit.engine, key
 
 
 def run_state(state: OpState, inputs: Sequence[TensorRef], outputs: Sequence[TensorRef],
@@ -151,7 +158,7 @@ def run_state(state: OpState, inputs: Sequence[TensorRef], outputs: Sequence[Ten
     _check_io(state, inputs, outputs)
     with state.lock:
         if state.params.changed(inputs) or state.engine is None:
-            state.engine = _engine_for(state, inputs)
+            state.engine, state.key = _engine_for(state, inputs)
             state.data = tuple(i for i in range(len(inputs)) if i not in state.params.baked)
         engine, data = state.engine, state.data
     engine.run([inputs[i] for i in data], outputs, stream)

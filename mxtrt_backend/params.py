@@ -13,7 +13,9 @@ so within one op state the versions decide. Two of MXNet's habits are not change
   not bump them. Which of the two holds is learnt the first time an auxiliary input gains one
   version, from a sample of its values.
 * An array MXNet keeps in an MKLDNN layout reaches the op as a fresh default-layout copy at every
-  forward (another address, the original's version): the address alone proves nothing.
+  forward: another address, and the copy's version, 0, whatever was written to the original.
+  Such an input has no identity: it is checked by content (a CRC-32 of all its values) at every
+  forward. (Version 0 otherwise means an array never written, which holds nothing of the user's.)
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ class ParamTracker:
         self._samples: dict[int, bytes] = {}
         self._own_writes: bool | None = None
         self._volatile: dict[int, int] = {}  # demotable input -> consecutive changes
+        # Checksums of the inputs without a version (see the module docstring) at the last build.
+        self._checksums: dict[int, int] = {}
 
     @property
     def baked(self) -> tuple[int, ...]:
@@ -68,7 +72,7 @@ class ParamTracker:
         True before the first build. Records what it sees."""
         versions = tuple(inputs[i].version for i in self._params)
         previous, self._versions = self._versions, versions
-        if previous is None:
+        if previous is None or self._checksums != self._unversioned(inputs):
             return True
         moved = {i: (old, new) for i, old, new in zip(self._params, previous, versions)
                  if old != new}
@@ -103,10 +107,16 @@ class ParamTracker:
             del self._volatile[i]
         return True
 
+    def _unversioned(self, inputs: Sequence[TensorRef]) -> dict[int, int]:
+        return {i: self._runtime.checksum(inputs[i]) for i in self._params
+                if inputs[i].version == 0}
+
     def digest(self, inputs: Sequence[TensorRef]) -> str:
-        """A digest of the parameter values now; remembers samples of the mutable ones."""
+        """A digest of the parameter values now; remembers samples of the mutable ones and
+        checksums of those without a version."""
         self._samples = {i: self._runtime.sample(inputs[i]) for i in self._mutable
                          if i in self._params}
+        self._checksums = self._unversioned(inputs)
         key = self._memo_key(inputs)
         with _memo_lock:
             found = _memo.get(key)
@@ -127,8 +137,10 @@ class ParamTracker:
         # Addresses and versions alone repeat when a freed model's memory is reused by another
         # of the same layout (MXNet's pooled allocator, versions counted the same way); a sample
         # of every parameter's values tells such models apart. Versions of mutable inputs are
-        # left out: Gluon bumps them at every forward.
-        stable = tuple((inputs[i].ptr, inputs[i].version) for i in self._params
-                       if i not in self._mutable)
+        # left out: Gluon bumps them at every forward. An input without a version is known by
+        # its checksum.
+        stable = tuple(("crc", self._checksums[i]) if i in self._checksums
+                       else (inputs[i].ptr, inputs[i].version)
+                       for i in self._params if i not in self._mutable)
         sample = hashlib.sha256(b"".join(self._runtime.sample(inputs[i]) for i in self._params))
         return self._structure, self._params, stable, sample.digest()

@@ -344,3 +344,13 @@ def test_interrupted_convert_leaves_the_earlier_conversion_and_nothing_else(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out"]
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_the_cache_size_limit_never_drops_engines_of_a_converted_model(checkpoint, tmp_path,
+                                                                      monkeypatch):
+    prefix, epoch = checkpoint
+    monkeypatch.setenv("MXTRT_CACHE_MAX_SIZE", "1")  # smaller than any engine
+    result = convert.convert(prefix, epoch, str(tmp_path / "out"), {"data": (16, 1, 8, 8),
+                                                            "softmax_label": (16,)})
+    assert result.subgraphs >= 1
+    assert len(list((tmp_path / "out" / "engines").glob("*.engine"))) == result.subgraphs

@@ -4,7 +4,6 @@ graph that does not convert whole becomes a Python-backend model that a real tri
 serves with the right answers."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
