@@ -209,6 +209,8 @@ CASES = [
     case("equal_scalar", mx.sym.floor(D * 2) == 1),
     case("cast_fp16_fp32", mx.sym.Cast(mx.sym.Cast(D, dtype="float16"), dtype="float32"), low=-0.5, high=0.5),
     case("cast_fp32", mx.sym.Cast(D, dtype="float32")),
+    case("amp_multicast", mx.sym.Group(list(mx.sym.amp_multicast(D, R, num_outputs=2))), TWO),
+    case("amp_multicast_one", mx.sym.amp_multicast(D, num_outputs=1) * 2),
     case("cast_int32", mx.sym.Cast(D, dtype="int32"), low=-8, high=8),
     case("cast_int64", mx.sym.Cast(D, dtype="int64"), low=-8, high=8),
     case("log2", mx.sym.log2(D), **POS),
@@ -602,6 +604,7 @@ REFUSALS = [
     refused("roi_align_aligned", mx.sym.contrib.ROIAlign(D, mx.sym.var("rois", shape=(3, 5)), pooled_size=(2, 2), spatial_scale=1.0, aligned=True), "aligned=True is not supported", {"data": (2, 4, 8, 8)}),
     refused("integer_add_n", mx.sym.add_n(mx.sym.Cast(D, dtype="int64"), mx.sym.Cast(D, dtype="int64")), "output dtype int64 is not supported (supported: float32, float16)", known=True),
     refused("float16_roi_align", mx.sym.contrib.ROIAlign(mx.sym.broadcast_add(D, mx.sym.var("b", shape=(1,))), mx.sym.var("rois", shape=(3, 5)), pooled_size=(2, 2), spatial_scale=1.0), "float16: mx2onnx exports it with float32 constants", {"data": (2, 4, 8, 8)}, known=True),
+    refused("amp_multicast_mixed_dtypes", mx.sym.Group(list(mx.sym.amp_multicast(mx.sym.Cast(D, dtype="float16"), mx.sym.Cast(R, dtype="float32"), num_outputs=2))), "amp_multicast of inputs of several dtypes is not supported", TWO, known=True),
     refused("float64_output", mx.sym.broadcast_add(mx.sym.relu(D), mx.sym.var("b", shape=(1,), dtype="float64")), "output dtype float64 is not supported", known=True),
 ]
 

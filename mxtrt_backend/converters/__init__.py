@@ -25,6 +25,7 @@ def _mx2onnx(op: str) -> Converter:
 
 CONVERTERS: dict[str, Converter] = {
     "SoftmaxActivation": tensor.softmax_activation,
+    "amp_multicast": tensor.amp_multicast,
     "shape_array": tensor.shape_array,
     "_arange": tensor.arange,
     "topk": tensor.topk(_mx2onnx("topk")),

@@ -52,3 +52,15 @@ def topk(original: Converter) -> Converter:
         return original(node, **kwargs), dtypes
 
     return convert
+
+
+def amp_multicast(node: dict, **kwargs: Any) -> list:
+    """AMP's cast of its inputs to one float type: the identity when they share their dtype (the
+    registry accepts no other case). Gluon graphs of AMP-ready blocks hold it even in float32."""
+    e = Emitter(node, kwargs)
+    if len(set(e.dtypes)) > 1:
+        raise ValueError(f"amp_multicast of several dtypes ({sorted(d.name for d in e.dtypes)})")
+    names = [e.name] if len(e.inputs) == 1 else [f"{e.name}{i}" for i in range(len(e.inputs))]
+    for source, out in zip(e.inputs, names):
+        e.op("Identity", source, out=out)
+    return e.nodes

@@ -1,7 +1,9 @@
 """Element-wise maths: unary functions, same-shape and broadcast binary ops, scalar ops, casts."""
 from __future__ import annotations
 
-from ._registry import INTEGER_DTYPES, SUPPORTED_DTYPES, Attrs, always, registrar
+from typing import Sequence
+
+from ._registry import INTEGER_DTYPES, SUPPORTED_DTYPES, Attrs, TensorInfo, always, registrar
 from ._rules import one_of
 
 register = registrar("Element-wise")
@@ -33,6 +35,15 @@ register(
 )(always)
 
 register("_power_scalar", "_rdiv_scalar")(always)
+
+def _one_dtype(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | None:
+    # MXNet's CPU kernel, the reference, takes float32 only: a cast between dtypes is untested.
+    dtypes = {t.dtype for t in inputs if t.dtype is not None}
+    return None if len(dtypes) <= 1 else "amp_multicast of inputs of several dtypes is not supported"
+
+
+# Exported by converters.tensor as the identity.
+register("amp_multicast", check_inputs=_one_dtype)(always)
 
 register(
     "_plus_scalar", "_minus_scalar", "_rminus_scalar", "_mul_scalar", "_div_scalar",
