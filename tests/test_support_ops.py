@@ -125,6 +125,9 @@ CASES = [
     case("softmax_axis1", mx.sym.softmax(D, axis=1)),
     case("softmax_temperature", mx.sym.softmax(D, axis=-1, temperature=2.0)),
     case("softmax_axis0_temperature", mx.sym.softmax(D, axis=0, temperature=0.5), {"data": VEC}),
+    # use_length: a length per row (0 gives a row of 0), truncated to an integer
+    case("softmax_length", mx.sym.softmax(D, mx.sym.Cast(R, dtype="int32"), axis=-1, use_length=True), values={"data": np.random.RandomState(1).uniform(-2, 2, (4, 6)).astype("f"), "rhs": np.array([3, 0, 6, 2.7], "f")}),
+    case("softmax_length_axis1_temperature", mx.sym.softmax(D, mx.sym.Cast(R, dtype="int32"), axis=1, temperature=2.0, use_length=True), values={"data": np.random.RandomState(2).uniform(-2, 2, (2, 5, 3)).astype("f"), "rhs": np.array([[1, 5, 3], [0, 2, 4]], "f")}),
     case("log_softmax", mx.sym.log_softmax(D)),
     case("log_softmax_axis1", mx.sym.log_softmax(D, axis=1)),
     case("softmax_output", mx.sym.SoftmaxOutput(D, name="so"), {"data": VEC}, known=True),
@@ -285,6 +288,9 @@ CASES = [
     case("one_hot", mx.sym.one_hot(D, depth=5), {"data": (2, 3)}, ints=5),
     case("one_hot_values", mx.sym.one_hot(D, depth=4, on_value=2.0, off_value=-1.0), {"data": (3,)}, ints=4),
     case("shape_array", mx.sym.shape_array(D)),
+    case("arange_like", mx.sym.broadcast_add(D, mx.sym.contrib.arange_like(D, start=1.5, step=0.5))),
+    case("arange_like_axis", mx.sym.broadcast_add(D, mx.sym.contrib.arange_like(D, axis=-1))),
+    case("arange_like_axis1", mx.sym.broadcast_add(D, mx.sym.reshape(mx.sym.contrib.arange_like(D, axis=1, step=2), (1, 4, 1, 1)))),
     case("shape_array_arithmetic", mx.sym.Cast(mx.sym.shape_array(D), dtype="float32") * 0.5),
     case("arange", mx.sym.broadcast_add(D, mx.sym.reshape(mx.sym.arange(2, 11, 1.5), (1, 1, 1, 6)))),
     case("arange_repeat", mx.sym.broadcast_mul(D, mx.sym.reshape(mx.sym.arange(3, repeat=2), (1, 1, 1, 6)))),
@@ -379,6 +385,7 @@ def test_every_registered_op_has_a_numerical_case():
 # inference they would reach the runtime, so they are not run in float16 here.
 FLOAT16_REFUSED = {"gelu", "layernorm", "layernorm_axis1_eps", "sequence_mask", "sequence_mask_lengths",
                    "sequence_mask_axis1", "broadcast_minimum", "roi_align", "roi_align_adaptive_sampling",
+                   "arange_like", "arange_like_axis", "arange_like_axis1",
                    *(p.id for p in CASES if p.id.startswith("box_nms"))}
 
 
@@ -560,7 +567,7 @@ REFUSALS = [
     refused("pool_global_lp", mx.sym.Pooling(D, kernel=(1, 1), global_pool=True, pool_type="lp", p_value=2), "global lp pooling differs"),
     refused("leaky_rrelu", mx.sym.LeakyReLU(D, act_type="rrelu"), "act_type=rrelu is not supported"),
     refused("prelu_4d", mx.sym.LeakyReLU(D, act_type="prelu"), "prelu is supported on 2-D data"),
-    refused("softmax_use_length", mx.sym.softmax(D, R, axis=-1, use_length=True), "use_length=True is not supported", {"data": (3, 5), "rhs": (3,)}),
+    refused("arange_like_repeat", mx.sym.contrib.arange_like(D, repeat=2), "repeat=2 is not supported"),
     refused("softmax_dtype", mx.sym.softmax(D, dtype="float64"), "dtype=float64 is not supported"),
     refused("log_softmax_temperature", mx.sym.log_softmax(D, temperature=2.0), "temperature=2.0 is not supported"),
     refused("softmax_output_multi", mx.sym.SoftmaxOutput(D, multi_output=True), "multi_output=True is not supported"),
@@ -605,6 +612,7 @@ REFUSALS = [
     refused("integer_add_n", mx.sym.add_n(mx.sym.Cast(D, dtype="int64"), mx.sym.Cast(D, dtype="int64")), "output dtype int64 is not supported (supported: float32, float16)", known=True),
     refused("float16_roi_align", mx.sym.contrib.ROIAlign(mx.sym.broadcast_add(D, mx.sym.var("b", shape=(1,))), mx.sym.var("rois", shape=(3, 5)), pooled_size=(2, 2), spatial_scale=1.0), "float16: mx2onnx exports it with float32 constants", {"data": (2, 4, 8, 8)}, known=True),
     refused("amp_multicast_mixed_dtypes", mx.sym.Group(list(mx.sym.amp_multicast(mx.sym.Cast(D, dtype="float16"), mx.sym.Cast(R, dtype="float32"), num_outputs=2))), "amp_multicast of inputs of several dtypes is not supported", TWO, known=True),
+    refused("float16_arange_like", mx.sym.contrib.arange_like(mx.sym.broadcast_add(D, mx.sym.var("b", shape=(1,)))), "float16: MXNet's float16 CPU kernel writes other values", known=True),
     refused("float64_output", mx.sym.broadcast_add(mx.sym.relu(D), mx.sym.var("b", shape=(1,), dtype="float64")), "output dtype float64 is not supported", known=True),
 ]
 

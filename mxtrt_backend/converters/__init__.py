@@ -12,13 +12,16 @@ from . import detection, layout, pooling, tensor
 from ._emit import Converter
 
 
-def _mx2onnx(op: str) -> Converter:
-    """mx2onnx's own converter for ``op`` (opset 12 table), looked up when called."""
+def _mx2onnx(opset: int, function: str) -> Converter:
+    """mx2onnx's own converter, a function of its opset-12 or opset-13 module, looked up when
+    called (the registry of the export opset holds ours while the backend exports)."""
 
     def call(node: dict, **kwargs: Any) -> Any:
-        from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
+        import importlib
 
-        return MXNetGraph.registry_[12][op](node, **kwargs)
+        module = importlib.import_module(
+            f"mxnet.onnx.mx2onnx._op_translations._op_translations_opset{opset}")
+        return getattr(module, function)(node, **kwargs)
 
     return call
 
@@ -28,10 +31,12 @@ CONVERTERS: dict[str, Converter] = {
     "amp_multicast": tensor.amp_multicast,
     "shape_array": tensor.shape_array,
     "_arange": tensor.arange,
-    "topk": tensor.topk(_mx2onnx("topk")),
+    "_contrib_arange_like": tensor.arange_like,
+    "topk": tensor.topk(_mx2onnx(12, "convert_topk")),
+    "softmax": tensor.softmax(_mx2onnx(13, "convert_softmax")),
     "Reshape": layout.reshape,
-    "Pooling": pooling.pooling(_mx2onnx("Pooling")),
+    "Pooling": pooling.pooling(_mx2onnx(12, "convert_pooling")),
     "_contrib_AdaptiveAvgPooling2D": pooling.adaptive_avg_pooling(
-        _mx2onnx("_contrib_AdaptiveAvgPooling2D")),
+        _mx2onnx(12, "convert_contrib_AdaptiveAvgPooling2D")),
     "_contrib_box_nms": detection.box_nms,
 }

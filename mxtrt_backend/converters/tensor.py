@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from onnx import TensorProto
 from ._emit import Converter, Emitter
 
 
@@ -41,6 +42,23 @@ def arange(node: dict, **kwargs: Any) -> tuple:
     return e.nodes, (dtype,)
 
 
+def arange_like(node: dict, **kwargs: Any) -> list:
+    """start + i * step over the input's elements (its shape), or along one axis; in the
+    input's dtype, as MXNet computes it. (mx2onnx's takes an empty slice for a negative axis.)"""
+    e = Emitter(node, kwargs)
+    data, dtype = e.inputs[0], e.dtypes[0]
+    axis = e.attr("axis", "None")
+    shape = e.op("Shape", data)
+    size = shape if axis == "None" else e.dim(shape, int(axis))
+    count = e.op("ReduceProd", size, keepdims=1)
+    index = e.op("Cast", e.op("Range", e.const(0), e.scalar(count), e.const(1)),
+                 to=e.onnx_type(dtype))
+    values = e.op("Add", e.op("Mul", index, e.const(float(e.attr("step", "1")), dtype)),
+                  e.const(float(e.attr("start", "0")), dtype))
+    e.op("Reshape", values, size, out=e.name)
+    return e.nodes
+
+
 def topk(original: Converter) -> Converter:
     """mx2onnx's TopK, with the dtypes of its outputs declared (indices are 'dtype')."""
 
@@ -64,3 +82,34 @@ def amp_multicast(node: dict, **kwargs: Any) -> list:
     for source, out in zip(e.inputs, names):
         e.op("Identity", source, out=out)
     return e.nodes
+
+
+def softmax(original: Converter) -> Converter:
+    """softmax with use_length: MXNet normalises each row over its first `length` elements
+    (the length truncated to an integer) and writes 0 elsewhere, a whole row of 0 for length 0.
+    mx2onnx masks with -65500 instead (a row of length 0 comes out uniform): masked here with
+    -inf, then the masked places set to 0. The place along the axis comes from a CumSum, which
+    needs no rank."""
+
+    def convert(node: dict, **kwargs: Any) -> Any:
+        e = Emitter(node, kwargs)
+        if not e.flag("use_length"):
+            return original(node, **kwargs)
+        data, length = e.inputs
+        dtype = e.dtypes[0]
+        axis = int(e.attr("axis", "-1"))
+        temperature = e.attr("temperature", "None")
+        # 1, 2, ... M along the axis (float32: ONNX Runtime's CumSum has no float16): an
+        # element is inside when its place <= length.
+        place = e.op("CumSum", e.op("Expand", e.const(1, np.float32), e.op("Shape", data)),
+                     e.const(axis))
+        limit = e.op("Cast", e.op("Cast", length, to=TensorProto.INT64), to=TensorProto.FLOAT)
+        inside = e.op("LessOrEqual", place, e.op("Unsqueeze", limit, e.const([axis])))
+        masked = e.op("Where", inside, data, e.const(-np.inf, dtype))
+        if temperature != "None" and float(temperature) != 1.0:
+            masked = e.op("Div", masked, e.const(float(temperature), dtype))
+        normalised = e.op("Softmax", masked, axis=axis)
+        e.op("Where", inside, normalised, e.const(0, dtype), out=e.name)
+        return e.nodes
+
+    return convert

@@ -101,7 +101,8 @@ def _leaky_relu(attrs: Attrs) -> str | None:
 @register("softmax")
 def _softmax(attrs: Attrs) -> str | None:
     # mx2onnx ignores dtype (the output's): its graph would disagree with MXNet's buffers.
-    return first_problem(is_false(attrs, "use_length"), unset(attrs, "dtype"))
+    # use_length: converters.tensor.softmax.
+    return unset(attrs, "dtype")
 
 
 @register("log_softmax")

@@ -65,6 +65,13 @@ def _arange(attrs: Attrs) -> str | None:
         None if float(attrs.get("step", "1")) != 0 else "step=0 is not supported")
 
 
+@register("_contrib_arange_like",
+          float16_problem="MXNet's float16 CPU kernel writes other values (all 1 for start=1.5, "
+                          "step=0.5) than its float32 one")
+def _arange_like(attrs: Attrs) -> str | None:
+    return one_of(attrs, "repeat", ("1",), "1")
+
+
 # TensorRT's TopK layer takes K < 3840.
 TOPK_LIMIT = 3840
 
