@@ -19,6 +19,11 @@ from ..config import Options
 from . import Engine, Runtime, TensorRef
 
 
+# ONNX Runtime 1.19 gives every node this fusion makes the same name: a graph where it fuses
+# twice (e.g. two pairs of Slices of one tensor, as box_decode exports) fails to load.
+_BROKEN_FUSIONS = ["GatherSliceToSplitFusion"]
+
+
 class OrtEngine(Engine):
     def __init__(self, session: ort.InferenceSession, input_names: Sequence[str],
                  output_names: Sequence[str]) -> None:
@@ -81,4 +86,5 @@ class OrtRuntime(Runtime):
         so.log_severity_level = 3
         if save_to is not None:
             so.optimized_model_filepath = str(save_to)
-        return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=_BROKEN_FUSIONS)
