@@ -151,15 +151,24 @@ def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
                         "crashes); the TensorRT backend writes each repeated output itself",
                         kwargs["dedup_subgraph"])
             kwargs["dedup_subgraph"] = "False"
-        with _partition_lock, partition.reporting() as report:
+        values = dict(args or {}, **(aux or {}))
+        with _partition_lock, partition.reporting() as report, partition.inferring(
+                self, values, kwargs.get("shape_dict"), kwargs.get("type_dict")):
             callbacks.take_partition_error()
             try:
                 result = original(self, backend, args, aux, *rest, **kwargs)
             except mx.MXNetError as mx_err:
                 err = callbacks.take_partition_error()
-                if err is None:
+                if err is not None:
+                    raise err from mx_err
+                if kwargs.get("skip_infer") or not (args or aux):
                     raise
-                raise err from mx_err
+                # MXNet's shape inference gave up (e.g. Pad, L2Normalization, box_decode refuse
+                # an input of unknown shape) where a bind with the data shapes would not:
+                # partition without MXNet's inference; the hook's own still gives the dtypes.
+                result = original(self, backend, args, aux, *rest,
+                                  **dict(kwargs, skip_infer=True))
+                partition.note_inference_failure(report, mx_err)
         _name_with_hint(result)
         partitioned = PartitionedSymbol(result.handle)
         result.handle = None  # the handle now belongs to `partitioned`

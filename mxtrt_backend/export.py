@@ -96,14 +96,6 @@ class ExportedGraph:
         return hashlib.sha256(self.onnx_bytes).hexdigest()
 
 
-def _onnx_output_name(mx_output: str) -> str:
-    # mx2onnx names a graph output after its node: "x_output" -> "x", "x_output1" -> "x1".
-    if mx_output.endswith("_output"):
-        return mx_output[: -len("_output")]
-    stem, _, index = mx_output.rpartition("_output")
-    return stem + index if stem and index.isdigit() else mx_output
-
-
 def _fix_gamma_constants(model: onnx.ModelProto, graph: dict,
                          shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, np.dtype]) -> None:
     """BatchNorm(fix_gamma=True) ignores gamma in MXNet; mx2onnx drops that flag, so feed ones."""
@@ -120,34 +112,45 @@ def _fix_gamma_constants(model: onnx.ModelProto, graph: dict,
                 onnx_node.input[1] = ones_name
 
 
-def export_structure(subgraph: Subgraph, in_shapes: Sequence[Sequence[int]],
-                     in_dtypes: Sequence[np.dtype]) -> ExportedGraph:
-    """Export with every subgraph input as an ONNX graph input. Calls MXNet (symbol API only)."""
+def _onnx_graph(subgraph: Subgraph, in_shapes: Sequence[Sequence[int]] | None,
+                in_dtypes: Sequence[np.dtype]) -> tuple[onnx.GraphProto, list[str]]:
+    """mx2onnx's graph of the subgraph, and the names of its outputs in the subgraph's head
+    order. Without shapes, the graph's inputs and outputs have unknown shapes (mx2onnx's
+    converters do not read shapes)."""
     import mxnet as mx
     from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
 
     sym = mx.sym.load_json(subgraph.to_json())
-    shapes = dict(zip(subgraph.input_names, (tuple(s) for s in in_shapes)))
     dtypes = dict(zip(subgraph.input_names, (np.dtype(t) for t in in_dtypes)))
+    shapes = dict(zip(subgraph.input_names, (tuple(s) for s in in_shapes or ())))
     # mx2onnx takes shapes positionally, in the order of MXNet's own serialisation of the symbol.
     order = [n["name"] for n in json.loads(sym.tojson())["nodes"] if n["op"] == "null"]
     try:
-        with mx2onnx_fixes.applied(OPSET):
+        with mx2onnx_fixes.applied(OPSET, shapes=in_shapes is not None):
             graph = MXNetGraph().create_onnx_graph_proto(
-                sym, {}, [shapes[n] for n in order],
+                sym, {}, [shapes.get(n) for n in order],
                 [helper.np_dtype_to_tensor_dtype(dtypes[n]) for n in order],
                 opset_version=OPSET, dynamic=False)
     except (mx.MXNetError, AttributeError, NotImplementedError, ValueError, KeyError, TypeError,
-            AssertionError) as err:
+            AssertionError, IndexError) as err:
         raise ExportError(f"mx2onnx cannot export this subgraph: {err}") from err
+    outputs = [mx2onnx_fixes.onnx_output_name(name) for name in sym.list_outputs()]
+    missing = sorted(set(outputs) - {o.name for o in graph.output})
+    if missing:
+        raise ExportError(f"mx2onnx did not produce the subgraph outputs {missing}")
+    return graph, outputs
+
+
+def export_structure(subgraph: Subgraph, in_shapes: Sequence[Sequence[int]],
+                     in_dtypes: Sequence[np.dtype]) -> ExportedGraph:
+    """Export with every subgraph input as an ONNX graph input. Calls MXNet (symbol API only)."""
+    graph, outputs = _onnx_graph(subgraph, in_shapes, in_dtypes)
+    shapes = dict(zip(subgraph.input_names, (tuple(s) for s in in_shapes)))
+    dtypes = dict(zip(subgraph.input_names, (np.dtype(t) for t in in_dtypes)))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="mxtrt")
     _fix_gamma_constants(model, subgraph.graph, shapes, dtypes)
-    outputs = [_onnx_output_name(name) for name in sym.list_outputs()]
     by_name = {o.name: o for o in model.graph.output}
-    missing = [name for name in outputs if name not in by_name]
-    if missing:
-        raise ExportError(f"mx2onnx did not produce the subgraph outputs {missing}")
     names = _distinct_outputs(model, outputs)
     # mx2onnx sorts outputs by name; MXNet expects them in the subgraph's head order.
     ordered = [_renamed(by_name[source], name) for source, name in zip(outputs, names)]
@@ -201,7 +204,26 @@ def bake_params(exported: ExportedGraph, params: Mapping[str, np.ndarray]) -> Ex
 
 
 _exported: dict[tuple[object, ...], ExportedGraph] = {}
+_tried: dict[tuple[object, ...], str] = {}  # digest and dtypes -> "" or why export failed
 _exported_lock = threading.Lock()
+
+
+def export_trial(subgraph: Subgraph, in_dtypes: Sequence[np.dtype]) -> None:
+    """Whether mx2onnx exports this subgraph, asked before its input shapes are known (they are
+    at op creation): raises ExportError if not. Once per subgraph and dtypes in this process."""
+    key = (subgraph.digest, tuple(np.dtype(d).str for d in in_dtypes))
+    with _exported_lock:
+        found = _tried.get(key)
+    if found is None:
+        try:
+            _onnx_graph(subgraph, None, in_dtypes)
+            found = ""
+        except ExportError as err:
+            found = str(err)
+        with _exported_lock:
+            _tried[key] = found
+    if found:
+        raise ExportError(found)
 
 
 def export_cached(subgraph: Subgraph, in_shapes: Sequence[Sequence[int]],

@@ -9,7 +9,7 @@
   replaced by ones that hand numpy arrays to ``numpy_helper.from_array``, and ``make_tensor``
   takes uint16 values for float16 tensors as bit patterns.
 * Some converters print to stdout; they are silenced.
-* Ops mx2onnx has no converter for but that map onto one ONNX op get one here.
+* Ops mx2onnx has no converter for, or converts wrongly, get ours (``converters``).
 
 All of these are swapped in for the duration of an export (under a lock) so that a user's own
 ``mx.onnx.export_model`` calls in the same process see mx2onnx unchanged.
@@ -24,18 +24,9 @@ import numpy as np
 import onnx
 from onnx import checker, helper, numpy_helper
 
+from . import converters
+
 _lock = threading.Lock()
-
-Converter = Callable[..., list]
-
-
-def _softmax_activation(node: dict, **kwargs: Any) -> list:
-    # MXNet: mode=instance normalises over the last axis, mode=channel over axis 1.
-    outputs_lookup = kwargs["outputs_lookup"]
-    source, index = node["inputs"][0][:2]
-    mode = node.get("attrs", {}).get("mode", "instance")
-    return [helper.make_node("Softmax", [outputs_lookup[source][index].name], [node["name"]],
-                             axis=1 if mode == "channel" else -1, name=node["name"])]
 
 
 def _create_tensor(values: Any, name: str, initializer: list, dtype: Any = "int64") -> None:
@@ -75,23 +66,53 @@ HELPERS: dict[str, Callable[..., None]] = {
 _ABSENT = object()
 
 # op -> converter, for every opset the backend exports with.
-CONVERTERS: dict[str, Converter] = {"SoftmaxActivation": _softmax_activation}
+CONVERTERS: dict[str, converters.Converter] = converters.CONVERTERS
 
 
-def _checker_at(opset: int) -> Callable[..., None]:
+def _checker_at(opset: int, shapes: bool) -> Callable[..., None]:
     context = checker.C.CheckerContext()
     context.ir_version = onnx.IR_VERSION
     context.opset_imports = {"": opset}
     original = checker.check_graph
 
     def check_graph(graph: onnx.GraphProto, ctx: Any = None) -> None:
+        if not shapes:  # the checker wants a shape on graph inputs and outputs: give them one
+            graph = _with_shapes(graph)
         original(graph, context if ctx is None else ctx)
 
     return check_graph
 
 
+def _with_shapes(graph: onnx.GraphProto) -> onnx.GraphProto:
+    checked = onnx.GraphProto()
+    checked.CopyFrom(graph)
+    for value in (*checked.input, *checked.output):
+        if not value.type.tensor_type.HasField("shape"):
+            value.type.tensor_type.shape.SetInParent()
+    return checked
+
+
+def onnx_output_name(mx_output: str) -> str:
+    """mx2onnx names a graph output after its node: "x_output" -> "x", "x_output1" -> "x1"."""
+    stem, _, index = mx_output.rpartition("_output")
+    return stem + index if stem and (index == "" or index.isdigit()) else mx_output
+
+
+def _outputs_by_type(sym: Any, params: Any, in_shapes: list, output_label: str, in_types: list,
+                     *_: Any, **__: Any) -> tuple[list, dict]:
+    """mx2onnx's MXNetGraph.get_outputs without shapes: the graph outputs' names (as mx2onnx
+    names them) and dtypes, their shapes unknown."""
+    inputs = [n for n in sym.list_inputs() if n not in params and n != output_label]
+    types = {n: helper.tensor_dtype_to_np_dtype(t) for n, t in zip(inputs, in_types)}
+    out_types = sym.infer_type(**types)[1]
+    return in_shapes, {onnx_output_name(name): {"dtype": helper.np_dtype_to_tensor_dtype(
+        np.dtype(dtype)), "shape": None} for name, dtype in zip(sym.list_outputs(), out_types)}
+
+
 @contextlib.contextmanager
-def applied(opset: int) -> Iterator[None]:
+def applied(opset: int, shapes: bool = True) -> Iterator[None]:
+    """The corrections, for one export. ``shapes=False``: the graph's input shapes are unknown
+    (a trial export before MXNet knows them)."""
     from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
     from mxnet.onnx.mx2onnx._op_translations import (_op_translations_opset12 as v12,
                                                       _op_translations_opset13 as v13)
@@ -99,11 +120,14 @@ def applied(opset: int) -> Iterator[None]:
     with _lock:
         registry = MXNetGraph.registry_.setdefault(opset, {})
         saved_check, saved_make_tensor = checker.check_graph, helper.make_tensor
+        saved_outputs = vars(MXNetGraph)["get_outputs"]
         saved_ops = {op: registry.get(op) for op in CONVERTERS}
         saved_helpers = [(module, name, vars(module).get(name, _ABSENT)) for module in (v12, v13)
                          for name in HELPERS]
-        checker.check_graph = _checker_at(opset)
+        checker.check_graph = _checker_at(opset, shapes)
         helper.make_tensor = _make_tensor(saved_make_tensor)
+        if not shapes:
+            MXNetGraph.get_outputs = staticmethod(_outputs_by_type)
         registry.update(CONVERTERS)
         for module, name, _ in saved_helpers:
             setattr(module, name, HELPERS[name])
@@ -111,6 +135,7 @@ def applied(opset: int) -> Iterator[None]:
             yield
         finally:
             checker.check_graph, helper.make_tensor = saved_check, saved_make_tensor
+            MXNetGraph.get_outputs = saved_outputs
             for module, name, original in saved_helpers:
                 if original is _ABSENT:
                     delattr(module, name)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import threading
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
 
 from . import dtypes, export, support
 from .config import Options
@@ -54,6 +57,8 @@ class PartitionReport:
     compute_nodes: int = 0
     refused: list[Refusal] = field(default_factory=list)
     subgraphs: list[SubgraphInfo] = field(default_factory=list)
+    # What knowledge the user could give to convert more (e.g. the shapes of data inputs).
+    hints: list[str] = field(default_factory=list)
 
     @property
     def converted_nodes(self) -> int:
@@ -103,6 +108,64 @@ def last_report() -> PartitionReport:
     return getattr(_last, "report", None) or PartitionReport()
 
 
+# What the optimize_for hook inferred itself, by (node name, output index): MXNet infers shapes
+# and dtypes before partitioning only when parameter values are given, and not at all when its
+# inference fails (then the hook partitions with skip_infer).
+Known = Mapping[tuple[str, int], support.TensorInfo]
+_known: contextvars.ContextVar[Known] = contextvars.ContextVar("mxtrt_known", default={})
+
+
+def infer(sym: Any, values: Mapping[str, Any], shapes: Mapping[str, Sequence[int]] | None,
+          types: Mapping[str, Any] | None) -> dict[tuple[str, int], support.TensorInfo]:
+    """Every node output's shape and dtype as far as MXNet's partial inference gets from the
+    given values, shapes and dtypes; a pass that fails (some ops refuse inputs of unknown shape)
+    leaves its half unknown."""
+    import mxnet as mx
+
+    internals = sym.get_internals()
+    graph = json.loads(internals.tojson())
+    keys = [(graph["nodes"][src]["name"], out) for src, out, *_ in graph["heads"]]
+    shape_hints = dict({n: v.shape for n, v in values.items()}, **dict(shapes or {}))
+    type_hints = dict({n: v.dtype for n, v in values.items()}, **dict(types or {}))
+    try:
+        out_shapes = internals.infer_shape_partial(**shape_hints)[1]
+    except mx.MXNetError:
+        out_shapes = [()] * len(keys)
+    try:
+        out_types = internals.infer_type_partial(**type_hints)[1]
+    except mx.MXNetError:
+        out_types = [None] * len(keys)
+    # Partial shape inference marks an unknown shape () and an unknown dim 0.
+    return {key: support.TensorInfo(tuple(shape) if shape and 0 not in shape else None,
+                                    np.dtype(dtype).name if dtype is not None else None)
+            for key, shape, dtype in zip(keys, out_shapes, out_types)}
+
+
+def note_inference_failure(report: PartitionReport, err: Exception) -> None:
+    """MXNet's inference failed before partitioning, and the partitioning went on without it:
+    logged, and told in the report when shapes would have converted more."""
+    text = str(err)
+    found = re.search(r"Error in operator (\S+): (?:\[[^\]]*\] )?(?:\S+:\d+: )?(.*)", text)
+    first = (f"{found.group(1)}: {found.group(2).strip()}" if found
+             else (text.strip().splitlines() or [type(err).__name__])[-1])
+    log.info("mxtrt: MXNet's shape inference failed before partitioning (%s); partitioned "
+             "without it", first)
+    if report.hints:
+        report.hints.append(f"MXNet's own shape inference gave up before partitioning ({first}):"
+                            " it needs the data shapes")
+
+
+@contextmanager
+def inferring(sym: Any, values: Mapping[str, Any], shapes: Mapping[str, Sequence[int]] | None,
+              types: Mapping[str, Any] | None) -> Iterator[None]:
+    """`infer`'s findings, for the partitioning under way on this thread."""
+    token = _known.set(infer(sym, values, shapes, types))
+    try:
+        yield
+    finally:
+        _known.reset(token)
+
+
 def _inferred(node: dict, key: str, output: int) -> Any:
     """What MXNet inferred for one output of a node ("__ext_shape__"/"__ext_dtype__"); None when
     the attribute is absent or says "[[None]]" (not inferred, and not JSON)."""
@@ -112,11 +175,17 @@ def _inferred(node: dict, key: str, output: int) -> Any:
         return None
 
 
-def _tensor_info(node: dict, output: int) -> support.TensorInfo:
-    """Shape and dtype of a node's output as far as MXNet inferred them."""
+def _tensor_info(node: dict, output: int, source: tuple[str, int] | None = None
+                 ) -> support.TensorInfo:
+    """Shape and dtype of a node's output as far as MXNet (or, failing that, the hook's own
+    inference: ``source`` is the output's (node name, index) in the symbol) inferred them."""
     shape, code = _inferred(node, "__ext_shape__", output), _inferred(node, "__ext_dtype__", output)
     known_shape = tuple(shape) if shape and None not in shape else None
-    return support.TensorInfo(known_shape, None if code is None else dtypes.name_of(code))
+    dtype = None if code is None else dtypes.name_of(code)
+    if known_shape is None or dtype is None:
+        hook = _known.get().get(source or (node["name"], output), support.TensorInfo())
+        known_shape, dtype = known_shape or hook.shape, dtype or hook.dtype
+    return support.TensorInfo(known_shape, dtype)
 
 
 def select(graph_json: str, options: Options) -> list[bool]:
@@ -130,19 +199,41 @@ def select(graph_json: str, options: Options) -> list[bool]:
     report = current_report()
     report.compute_nodes, report.refused, report.subgraphs = 0, [], []
     flags = []
+    for_shapes: list[str] = []
     for index, node in enumerate(nodes):
         if node["op"] == "null":
             flags.append(False)
             continue
         report.compute_nodes += 1
         outputs = [_tensor_info(node, out) for out in sorted(used.get(index, ()))]
-        reason = support.refusal(node["op"], node.get("attrs", {}), options.exclude_ops,
-                                 [_tensor_info(nodes[src], out) for src, out, *_ in node["inputs"]],
+        inputs = [_tensor_info(nodes[src], out) for src, out, *_ in node["inputs"]]
+        reason = support.refusal(node["op"], node.get("attrs", {}), options.exclude_ops, inputs,
                                  outputs)
         if reason:
             report.refused.append(Refusal(node["name"], node["op"], reason))
+            if isinstance(reason, support.ShapeNeeded):
+                for_shapes.append(node["op"])
         flags.append(reason is None)
+    if for_shapes:
+        report.hints.append(_shapes_hint(for_shapes, _unknown_data_inputs(nodes, options)))
     return flags
+
+
+def _unknown_data_inputs(nodes: Sequence[dict], options: Options) -> list[str]:
+    """Inputs of unknown shape that are not parameters (MXNet infers those from the data)."""
+    params = {src for node in nodes for slot, (src, *_) in enumerate(node["inputs"])
+              if slot in support.param_slots(node["op"])}
+    return [node["name"] for index, node in enumerate(nodes)
+            if node["op"] == "null" and index not in params
+            and node["name"] not in options.param_inputs and _tensor_info(node, 0).shape is None]
+
+
+def _shapes_hint(ops: Sequence[str], unknown: Sequence[str]) -> str:
+    counts = ", ".join(f"{n} x {op}" for op, n in Counter(ops).most_common())
+    inputs = ", ".join(f"'{name}': (...)" for name in unknown[:4]) + (", ..." if unknown[4:] else "")
+    return (f"{len(ops)} node(s) ({counts}) stay in MXNet because their input shapes are unknown "
+            f"at partition time; give the input shapes to have them checked: optimize_for(..., "
+            f"shape_dict={{{inputs}}}), or inspect --shape")
 
 
 # How a subgraph input came to be a parameter (ATTR_PARAMS values). Only a "given" one (a value
@@ -190,24 +281,29 @@ def _training_differences(nodes: Sequence[dict]) -> list[str]:
     return found
 
 
-def _known_types(nodes: Sequence[dict]) -> tuple[list[list[int]], list[int]] | None:
-    """Input shapes and dtype codes when MXNet inferred them all before partitioning."""
-    inputs = [n for n in nodes if n["op"] == "null"]
-    shapes = [_inferred(n, "__ext_shape__", 0) for n in inputs]
-    codes = [_inferred(n, "__ext_dtype__", 0) for n in inputs]
-    if any(s is None or None in s for s in shapes) or None in codes:
-        return None
-    return shapes, codes
+def _source(variable: dict) -> tuple[str, int]:
+    """The symbol's (node name, output index) a subgraph input variable stands for: an argument
+    by its name, a node output as MXNet names it ("relu1_output0")."""
+    attrs = variable.get("attrs", {})
+    if "argName" in attrs:
+        return attrs["argName"], 0
+    stem, _, index = variable["name"].rpartition("_output")
+    return (stem, int(index)) if stem and index.isdigit() else (variable["name"], 0)
 
 
 def _export_problem(subgraph_json: str, nodes: Sequence[dict]) -> str:
-    """Export now when shapes are known, so a subgraph mx2onnx cannot convert stays in MXNet."""
-    known = _known_types(nodes)
-    if known is None:
-        return ""
+    """Export now, so that a subgraph mx2onnx cannot convert stays in MXNet instead of failing
+    the bind: with the input shapes when they are known, else with the dtypes only (the
+    converters do not read shapes; unknown dtypes are taken as MXNet's default, float32)."""
+    infos = [_tensor_info(n, 0, _source(n)) for n in nodes if n["op"] == "null"]
     try:
-        export.export_cached(export.Subgraph.from_json(subgraph_json), known[0],
-                             [dtypes.dtype_of(code) for code in known[1]])
+        in_dtypes = [np.dtype(t.dtype or "float32") for t in infos]
+        subgraph = export.Subgraph.from_json(subgraph_json)
+        shapes = [t.shape for t in infos if t.shape is not None]
+        if len(shapes) == len(infos):
+            export.export_cached(subgraph, shapes, in_dtypes)
+        else:
+            export.export_trial(subgraph, in_dtypes)
     except (export.ExportError, TypeError) as err:
         log.warning("mxtrt: a subgraph stays in MXNet: %s", err)
         return f"export failed: {err}"

@@ -68,6 +68,8 @@ def format_report(report: partition.PartitionReport) -> str:
         lines += _table(("node", "op", "reason"),
                         [(r.node, r.op, r.reason) for r in report.refused])
         lines.append("")
+    if report.hints:
+        lines += ["To convert more", *(f"- {hint}" for hint in report.hints), ""]
     lines.append(report.summary())
     return "\n".join(lines)
 

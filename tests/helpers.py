@@ -97,23 +97,35 @@ def random_params(sym: mx.sym.Symbol, data_shapes: dict[str, tuple[int, ...]], s
     return args, aux
 
 
-_env_lock = threading.Lock()
+_env_lock = threading.RLock()
 
 
 @contextmanager
-def unfused() -> Iterator[None]:
-    """Binds without MXNet's default MKLDNN fusion, which gives wrong answers on some nets
-    (MXNET_SUBGRAPH_BACKEND is read at bind): the reference the tests compare against."""
+def environ(**values: str) -> Iterator[None]:
+    """These environment variables for the duration (MXNet and the backend read theirs at
+    bind), restored afterwards; one thread at a time."""
     with _env_lock:
-        previous = os.environ.get("MXNET_SUBGRAPH_BACKEND")
-        os.environ["MXNET_SUBGRAPH_BACKEND"] = "NONE"
+        previous = {name: os.environ.get(name) for name in values}
+        os.environ.update(values)
         try:
             yield
         finally:
-            if previous is None:
-                del os.environ["MXNET_SUBGRAPH_BACKEND"]
-            else:
-                os.environ["MXNET_SUBGRAPH_BACKEND"] = previous
+            for name, value in previous.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
+
+
+def unfused():
+    """Binds without MXNet's default MKLDNN fusion, which gives wrong answers on some nets
+    (MXNET_SUBGRAPH_BACKEND is read at bind): the reference the tests compare against."""
+    return environ(MXNET_SUBGRAPH_BACKEND="NONE")
+
+
+def flag_on():
+    """MXNET_USE_TENSORRT=1 for the binds and hybridize() calls inside."""
+    return environ(MXNET_USE_TENSORRT="1")
 
 
 def forward(sym: mx.sym.Symbol, args, aux, data: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -4,10 +4,12 @@ NMS is discontinuous: a score or an IoU that moves by 1e-7 across a tie changes 
 out. So when a backend's detections differ from MXNet's, `explain` checks, from the tensors the
 NMS nodes read and wrote in both runs:
 
-1. the backend's graph, bound again with those tensors as extra outputs, reproduces its outputs;
+1. the backend's graph, bound again with those tensors as extra outputs, reproduces its outputs
+   (when the backend converted NMS nodes, their tensors are inside a `_TensorRT` subgraph: the
+   exported graph with those tensors as extra outputs is partitioned again instead);
 2. every NMS node reads a tensor within the tolerance of MXNet's, or within float32 rounding
    (`zoo.arbitrate`): the conversion is right up to the NMS; and MXNet's own box_nms maps each
-   run's input to that run's output (the NMS itself is MXNet's, unchanged);
+   run's input to that run's output (MXNet's NMS unchanged, or the converted one exact);
 3. the first NMS node whose picks differ is replayed here (`greedy_nms`, MXNet's algorithm,
    checked against MXNet's result on both inputs), and every decision that came out differently
    is listed with its margin: two scores sorted the other way (their gap), a box suppressed in
@@ -226,7 +228,12 @@ def explain(ops: Sequence[str], exported: zoo.Exported, data: Mapping[str, np.nd
     ref_sym, n = with_nms_tensors(exported.sym, ops)
     with zoo.flag("0"), unfused():
         ref = zoo.bind_forward(ref_sym, exported.copy().params, data)
-    out_sym, m = with_nms_tensors(partitioned, ops)
+    if len(_nms_nodes(partitioned, ops)) == len(_nms_nodes(exported.sym, ops)):
+        out_sym, m = with_nms_tensors(partitioned, ops)
+    else:  # converted NMS nodes: their tensors become outputs of the subgraphs
+        copy = exported.copy()
+        out_sym, m = ref_sym.optimize_for("TensorRT", copy.args, copy.aux, ctx=mx.cpu()), n
+        params = copy.params
     with zoo.flag("0"):
         out = zoo.bind_forward(out_sym, params, data)
     if n != m or len(ref) != len(out):

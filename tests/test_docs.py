@@ -21,7 +21,7 @@ def blocks() -> list[tuple[Path, str, str]]:
 
 def test_the_generated_tables_exist():
     calls = {call for _, call, _ in blocks()}
-    assert {"config.options_table", "cli.arguments_table"} <= calls, calls
+    assert {"config.options_table", "cli.arguments_table", "support.ops_table"} <= calls, calls
 
 
 @pytest.mark.parametrize("path, call, body", blocks(),

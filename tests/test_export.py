@@ -92,3 +92,15 @@ def test_unexportable_subgraph_raises_export_error():
     sub = subgraph_of(sym)
     with pytest.raises(export.ExportError, match="mx2onnx cannot export this subgraph.*pool_type==.sum"):
         export.export_structure(sub, [(1, 3, 4, 4)], [np.dtype("f")])
+
+
+def test_trial_export_needs_no_shapes_and_says_why_a_subgraph_cannot_be_exported(monkeypatch):
+    monkeypatch.setattr(export, "_tried", {})
+    sub = subgraph_of(net())
+    export.export_trial(sub, [np.dtype("f")] * len(sub.input_names))  # no shapes: no error
+    assert list(export._tried.values()) == [""]
+    bad = subgraph_of(mx.sym.Pooling(mx.sym.var("data"), kernel=(2, 2), pool_type="sum"))
+    for _ in range(2):  # the second answer comes from the cache
+        with pytest.raises(export.ExportError, match="sum"):
+            export.export_trial(bad, [np.dtype("f")])
+    assert len(export._tried) == 2

@@ -14,15 +14,18 @@ from mxtrt_backend import export, mx2onnx_fixes
 
 
 def originals():
+    registry = MXNetGraph.registry_[export.OPSET]
     return (checker.check_graph, helper.make_tensor, v12.create_tensor, "print" in vars(v12),
-            MXNetGraph.registry_[export.OPSET].get("SoftmaxActivation"))
+            vars(MXNetGraph)["get_outputs"], [registry.get(op) for op in mx2onnx_fixes.CONVERTERS])
 
 
 def test_fixes_are_in_force_inside_and_undone_after_an_export():
     before = originals()
-    with mx2onnx_fixes.applied(export.OPSET):
-        assert MXNetGraph.registry_[export.OPSET]["SoftmaxActivation"] is not None
+    with mx2onnx_fixes.applied(export.OPSET, shapes=False):
+        assert all(MXNetGraph.registry_[export.OPSET][op] is converter
+                   for op, converter in mx2onnx_fixes.CONVERTERS.items())
         assert v12.create_tensor is not before[2] and helper.make_tensor is not before[1]
+        assert vars(MXNetGraph)["get_outputs"] is not before[4]
     assert originals() == before
 
 

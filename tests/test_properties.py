@@ -12,10 +12,8 @@ CI runs a bounded budget; `pytest -m slow tests/test_properties.py` runs a long 
 """
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import mxnet as mx
 import numpy as np
@@ -24,7 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from mxnet import gluon
 
-from helpers import forward, rel_err
+from helpers import environ, forward, random_params, rel_err
 from mxtrt_backend import support
 from mxtrt_backend.partition import PartitionReport
 
@@ -118,27 +116,9 @@ def recipes(draw: st.DrawFn, max_nodes: int = 8) -> Recipe:
 
 
 def random_values(sym: mx.sym.Symbol, shapes: dict[str, tuple[int, ...]], seed: int):
-    rng = np.random.RandomState(seed)
-    arg_shapes, _, aux_shapes = sym.infer_shape(**shapes)
-    args = {n: mx.nd.array(rng.uniform(-0.6, 0.6, s))
-            for n, s in zip(sym.list_arguments(), arg_shapes) if n not in shapes}
-    aux = {n: mx.nd.array(rng.uniform(0.5, 1.5, s) if n.endswith("var") else rng.uniform(-0.2, 0.2, s))
-           for n, s in zip(sym.list_auxiliary_states(), aux_shapes)}
-    data = {n: rng.uniform(-1.5, 1.5, s).astype("f") for n, s in shapes.items()}
-    return args, aux, data
-
-
-@contextmanager
-def flag_on() -> Iterator[None]:
-    previous = os.environ.get("MXNET_USE_TENSORRT")
-    os.environ["MXNET_USE_TENSORRT"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["MXNET_USE_TENSORRT"]
-        else:
-            os.environ["MXNET_USE_TENSORRT"] = previous
+    args, aux = random_params(sym, shapes, seed)
+    rng = np.random.RandomState(seed + 1000)
+    return args, aux, {n: rng.uniform(-1.5, 1.5, s).astype("f") for n, s in shapes.items()}
 
 
 def _outputs(result) -> list[np.ndarray]:
@@ -172,27 +152,22 @@ def check_every_path(recipe: Recipe, seed: int = 0) -> PartitionReport:
     same(forward(trt, args, aux, data), refs, "optimize_for + bind")
     executor_path(trt.simple_bind(mx.cpu(), grad_req="null", **shapes), "optimize_for + simple_bind")
 
-    for name, value in options.items():
-        os.environ[f"MXNET_TENSORRT_{name.upper()}"] = value
-    try:
-        with flag_on():
-            # MXNet binds arguments to shared_buffer's very arrays: give it copies, since new
-            # weights are written into the executor afterwards.
-            shared = {k: v.copy() for k, v in dict(args, **aux).items()}
-            executor_path(sym.simple_bind(mx.cpu(), grad_req="null", shared_buffer=shared,
-                                          **shapes), "flag simple_bind(shared_buffer)")
-            block = gluon.SymbolBlock(sym, [mx.sym.var(n) for n in shapes])
-            params = block.collect_params()
-            params.load_dict(dict(args, **aux), ignore_extra=True)
-            block.hybridize()
-            path = "Gluon hybridize() under the flag"
-            same(_outputs(block(*(feed[n] for n in shapes))), refs, path)
-            for name, value in dict(new_args, **new_aux).items():
-                params[name].set_data(value)
-            same(_outputs(block(*(feed[n] for n in shapes))), new_refs, f"{path}, new weights")
-    finally:
-        for name in options:
-            del os.environ[f"MXNET_TENSORRT_{name.upper()}"]
+    option_variables = {f"MXNET_TENSORRT_{name.upper()}": v for name, v in options.items()}
+    with environ(MXNET_USE_TENSORRT="1", **option_variables):
+        # MXNet binds arguments to shared_buffer's very arrays: give it copies, since new
+        # weights are written into the executor afterwards.
+        shared = {k: v.copy() for k, v in dict(args, **aux).items()}
+        executor_path(sym.simple_bind(mx.cpu(), grad_req="null", shared_buffer=shared,
+                                      **shapes), "flag simple_bind(shared_buffer)")
+        block = gluon.SymbolBlock(sym, [mx.sym.var(n) for n in shapes])
+        params = block.collect_params()
+        params.load_dict(dict(args, **aux), ignore_extra=True)
+        block.hybridize()
+        path = "Gluon hybridize() under the flag"
+        same(_outputs(block(*(feed[n] for n in shapes))), refs, path)
+        for name, value in dict(new_args, **new_aux).items():
+            params[name].set_data(value)
+        same(_outputs(block(*(feed[n] for n in shapes))), new_refs, f"{path}, new weights")
     if recipe.min_subgraph_size == 1 and not recipe.exclude:
         unsupported = [r for r in trt.report.refused if r.op in support.REGISTRY]
         assert not unsupported, f"supported ops stayed in MXNet: {unsupported}"

@@ -92,6 +92,13 @@ def test_text_report_has_a_subgraph_table_a_refusal_table_and_the_summary():
     assert text[-1].startswith("5/6 compute nodes in 2 subgraphs")
 
 
+def test_text_report_lists_what_would_convert_more():
+    hint = "1 node(s) (1 x dot) stay in MXNet because their input shapes are unknown"
+    text = report.format_report(PartitionReport(compute_nodes=1, hints=[hint])).splitlines()
+    assert text[text.index("To convert more") + 1] == f"- {hint}"
+    assert "To convert more" not in report.format_report(PartitionReport(compute_nodes=1))
+
+
 def test_ops_column_sums_up_long_op_lists():
     info = SubgraphInfo(0, tuple("abcdefghi"), ("relu",) * 3 + ("tanh", "exp", "log", "sin", "cos", "abs"),
                         ("data",), (), True)

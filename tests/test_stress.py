@@ -8,13 +8,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-from contextlib import contextmanager
 
 import mxnet as mx
 import numpy as np
 import pytest
 
-from helpers import forward, rel_err
+from helpers import flag_on, forward, rel_err
 
 # Two threads, each on its own symbol, partition in a loop through one of the three entry points.
 # MXNet's custom-partitioner state is process-wide: unserialised, this crashed the process
@@ -141,22 +140,9 @@ def _bind_explicitly(sym, args):
 
 
 def _bind_under_the_flag(sym, args):
-    with _flag_on():
+    with flag_on():
         ex = sym.simple_bind(mx.cpu(), data=(2, 3, 6, 6), grad_req="null", shared_buffer=args)
     return ex
-
-
-@contextmanager
-def _flag_on():
-    previous = os.environ.get("MXNET_USE_TENSORRT")
-    os.environ["MXNET_USE_TENSORRT"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["MXNET_USE_TENSORRT"]
-        else:
-            os.environ["MXNET_USE_TENSORRT"] = previous
 
 
 @pytest.mark.parametrize("bind", [_bind_explicitly, _bind_under_the_flag],

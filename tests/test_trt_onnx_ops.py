@@ -60,3 +60,19 @@ def test_table_holds_common_ops(op):
 @pytest.mark.parametrize("op", ["Unique", "ConvInteger", "SequenceAt"])
 def test_table_leaves_out_what_the_matrix_marks_unsupported(op):
     assert op not in SUPPORTED_OPS
+
+
+def _typed_model(nodes, inputs):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, t, [2]) for n, t in inputs],
+                              [helper.make_tensor_value_info(nodes[-1].output[0], onnx.TensorProto.UNDEFINED, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_unsupported_types_flags_integer_and_boolean_tensors_where_the_matrix_does_not_list_them():
+    I64, F32, B = onnx.TensorProto.INT64, onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL
+    ok = _typed_model([helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Shape", ["s"], ["t"]),
+                       helper.make_node("Concat", ["t", "t"], ["u"], axis=0)], [("a", I64), ("b", I64)])
+    assert trt_onnx_ops.unsupported_types(ok) == []
+    bad = _typed_model([helper.make_node("Sqrt", ["a"], ["r"]), helper.make_node("And", ["f", "f"], ["g"]),
+                        helper.make_node("Where", ["c", "a", "a"], ["w"])], [("a", I64), ("f", F32), ("c", B)])
+    assert trt_onnx_ops.unsupported_types(bad.SerializeToString()) == ["And(float32)", "Sqrt(int64)"]

@@ -31,6 +31,11 @@ from ..config import Options
 from . import Blob, Engine, Runtime, TensorRef
 
 
+# ONNX Runtime 1.19 gives every node this fusion makes the same name: a graph where it fuses
+# twice (e.g. two pairs of Slices of one tensor, as box_decode exports) fails to load.
+_BROKEN_FUSIONS = ["GatherSliceToSplitFusion"]
+
+
 class OrtEngine(Engine):
     def __init__(self, session: ort.InferenceSession, input_names: Sequence[str],
                  output_names: Sequence[str]) -> None:
@@ -108,7 +113,8 @@ class OrtRuntime(Runtime):
         so = session_options(options, level)
         if save_to is not None:
             so.optimized_model_filepath = str(save_to)
-        return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=_BROKEN_FUSIONS)
 
 
 def session_options(options: Options, level: ort.GraphOptimizationLevel) -> ort.SessionOptions:

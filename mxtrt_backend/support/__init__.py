@@ -10,14 +10,16 @@ parser accepts what it exports (trt_onnx_ops).
 An entry also names the input slots that hold parameters (weights, biases, statistics), so that
 when values are not known at partition time the op can still tell parameters from data.
 
-The entries live in modules by op family: nn, elementwise, tensor, reduce.
+The entries live in modules by op family: nn, elementwise, tensor, reduce, detection.
 """
 from __future__ import annotations
 
-from . import elementwise, nn, reduce, tensor  # noqa: F401  each module registers its ops
-from ._registry import (REGISTRY, SUPPORTED_DTYPES, Attrs, OpSupport, Predicate,
-                        TensorInfo, always, param_slots, refusal, register,
-                        training_difference)
+# Each module registers its ops; in this order they are listed (docs/coverage.md).
+from . import nn, elementwise, tensor, reduce, detection  # noqa: F401, I001
+from ._registry import (INTEGER_DTYPES, REGISTRY, SUPPORTED_DTYPES, Attrs, OpSupport,
+                        Predicate, ShapeNeeded, TensorInfo, always, ops_table, param_slots,
+                        refusal, registrar, training_difference)
 
-__all__ = ["REGISTRY", "SUPPORTED_DTYPES", "Attrs", "OpSupport", "Predicate",
-           "TensorInfo", "always", "param_slots", "refusal", "register", "training_difference"]
+__all__ = ["INTEGER_DTYPES", "REGISTRY", "SUPPORTED_DTYPES", "Attrs", "OpSupport", "Predicate",
+           "ShapeNeeded", "TensorInfo", "always", "ops_table", "param_slots", "refusal",
+           "registrar", "training_difference"]

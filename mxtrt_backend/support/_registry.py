@@ -19,6 +19,11 @@ class TensorInfo:
 InputsCheck = Callable[[Attrs, Sequence[TensorInfo]], "str | None"]
 
 
+class ShapeNeeded(str):
+    """A refusal that only stands because an input's shape is unknown at partition time (the
+    report then says which shapes to give)."""
+
+
 @dataclass(frozen=True)
 class OpSupport:
     op: str
@@ -30,36 +35,53 @@ class OpSupport:
     float16_problem: str | None = None
     # How the op computes something else in training mode (the engines run inference), or None.
     in_training: Predicate | None = None
+    # Its export computes MXNet's integer arithmetic exactly, on int32/int64 tensors TensorRT
+    # keeps as such (shape computations, indices).
+    integers: bool = False
+    family: str = ""
 
 
 REGISTRY: dict[str, OpSupport] = {}
 
-# TensorRT computes in these; integer and double tensors inside an engine are not worth the
-# restrictions they bring (most TensorRT layers refuse them).
+# TensorRT computes in these; double tensors inside an engine are not worth the restrictions
+# they bring (TensorRT casts them down).
 SUPPORTED_DTYPES = ("float32", "float16")
+# TensorRT 10 keeps these for shape computations, indices and the layers that take them (the
+# ops registered with integers=True).
+INTEGER_DTYPES = ("int32", "int64")
 
 
-def register(*ops: str, param_slots: tuple[int, ...] = (), check_inputs: InputsCheck | None = None,
-             float16_problem: str | None = None, in_training: Predicate | None = None
-             ) -> Callable[[Predicate], Predicate]:
-    """Register one predicate for one or more ops (ops that share their rules)."""
+Register = Callable[..., Callable[[Predicate], Predicate]]
 
-    def add(check: Predicate) -> Predicate:
-        for op in ops:
-            REGISTRY[op] = OpSupport(op, check, param_slots, check_inputs, float16_problem,
-                                     in_training)
-        return check
 
-    return add
+def registrar(family: str) -> Register:
+    """The ``register`` of one op family (a module of this package; the docs group ops by it)."""
+
+    def register(*ops: str, param_slots: tuple[int, ...] = (),
+                 check_inputs: InputsCheck | None = None, float16_problem: str | None = None,
+                 in_training: Predicate | None = None, integers: bool = False
+                 ) -> Callable[[Predicate], Predicate]:
+        """Register one predicate for one or more ops (ops that share their rules)."""
+
+        def add(check: Predicate) -> Predicate:
+            for op in ops:
+                REGISTRY[op] = OpSupport(op, check, param_slots, check_inputs, float16_problem,
+                                         in_training, integers, family)
+            return check
+
+        return add
+
+    return register
 
 
 def always(_: Attrs) -> str | None:
     return None
 
 
-def _dtype_problem(outputs: Sequence[TensorInfo]) -> str | None:
-    bad = [t.dtype for t in outputs if t.dtype is not None and t.dtype not in SUPPORTED_DTYPES]
-    return (f"output dtype {bad[0]} is not supported (supported: {', '.join(SUPPORTED_DTYPES)})"
+def _dtype_problem(outputs: Sequence[TensorInfo], integers: bool) -> str | None:
+    allowed = SUPPORTED_DTYPES + (INTEGER_DTYPES if integers else ())
+    bad = [t.dtype for t in outputs if t.dtype is not None and t.dtype not in allowed]
+    return (f"output dtype {bad[0]} is not supported (supported: {', '.join(allowed)})"
             if bad else None)
 
 
@@ -73,13 +95,25 @@ def refusal(op: str, attrs: Attrs, exclude_ops: tuple[str, ...] = (),
     entry = REGISTRY.get(op)
     if entry is None:
         return "no converter for this op"
-    problem = _dtype_problem(outputs) or entry.check(attrs)
+    problem = entry.check(attrs) or _dtype_problem(outputs, entry.integers)
     if problem is None and entry.float16_problem is not None and any(
             t.dtype == "float16" for t in (*inputs, *outputs)):
         problem = f"float16: {entry.float16_problem}"
     if problem is None and entry.check_inputs is not None:
         problem = entry.check_inputs(attrs, inputs)
     return problem
+
+
+def ops_table() -> str:
+    """The registered ops by family, as the Markdown table of docs/coverage.md."""
+    families: dict[str, list[OpSupport]] = {}
+    for entry in REGISTRY.values():
+        families.setdefault(entry.family, []).append(entry)
+    rows = [f"| {family} ({len(entries)}) | "
+            + ", ".join(f"`{e.op}`" + ("\\*" if e.integers else "") for e in entries) + " |"
+            for family, entries in families.items()]
+    return "\n".join(["| Family | MXNet ops (\\*: also on int32/int64 tensors) |", "|---|---|",
+                      *rows])
 
 
 def training_difference(op: str, attrs: Attrs) -> str | None:

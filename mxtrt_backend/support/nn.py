@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ._registry import Attrs, TensorInfo, always, register
+from ._registry import Attrs, ShapeNeeded, TensorInfo, always, registrar
 from ._rules import first_problem, flag, ints, is_false, one_of, unset
+
+register = registrar("Layers")
 
 # ONNX convolutions and pools are channel-first only; mx2onnx also rejects an explicit 'NCW'
 # (it accepts 1-D data only under the default layout).
@@ -46,29 +48,10 @@ def _batch_norm(attrs: Attrs) -> str | None:
     )
 
 
-def _full_pooling_inputs(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | None:
-    """pooling_convention=full is ONNX's ceil_mode, except that ONNX drops a last window that
-    would start in the right padding and MXNet keeps it. Fine when no window can start there."""
-    if attrs.get("pooling_convention", "valid") != "full" or flag(attrs, "global_pool", False):
-        return None
-    kernel = [k or 0 for k in ints(attrs, "kernel")]
-    stride = [s or 1 for s in ints(attrs, "stride")] or [1] * len(kernel)
-    pad = [p or 0 for p in ints(attrs, "pad")] or [0] * len(kernel)
-    if not any(pad) and all(s <= k for s, k in zip(stride, kernel)):
-        return None
-    shape = inputs[0].shape if inputs else None
-    if shape is None:
-        return ("pooling_convention=full with padding or stride > kernel needs the input shape at "
-                "partition time")
-    for size, k, s, p in zip(shape[2:], kernel, stride, pad):
-        last_start = -(-(size + 2 * p - k) // s) * s
-        if last_start >= size + p:
-            return "pooling_convention=full: a last window in the padding, which ONNX drops"
-    return None
-
-
-@register("Pooling", check_inputs=_full_pooling_inputs)
+@register("Pooling")
 def _pooling(attrs: Attrs) -> str | None:
+    # pooling_convention=full: converters.pooling pads explicitly (MXNet's output size and
+    # averaging counts at the edges).
     pool_type = attrs.get("pool_type", "max")
     global_pool = flag(attrs, "global_pool", False)
     valid = attrs.get("pooling_convention", "valid") == "valid"
@@ -78,9 +61,6 @@ def _pooling(attrs: Attrs) -> str | None:
         one_of(attrs, "pooling_convention", ("valid", "full"), "valid"),
         None if pool_type != "lp" or global_pool or valid
         else "lp pooling needs pooling_convention=valid",
-        # ONNX's ceil_mode averages a clipped edge window over fewer elements than MXNet does.
-        None if pool_type != "avg" or global_pool or valid
-        else "avg pooling with pooling_convention=full differs from ONNX at the edges",
         None if pool_type != "lp" or not global_pool
         else "global lp pooling differs from ONNX's GlobalLpPool",
     )
@@ -105,10 +85,11 @@ def _leaky_relu_inputs(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | None
         return "float16: mx2onnx exports gelu with float32 constants"
     # ONNX PRelu broadcasts the per-channel slope against the last axis, MXNet against axis 1:
     # they agree on (N, C) data only.
-    if act_type != "prelu" or _rank(inputs) in (1, 2):
+    rank = _rank(inputs)
+    if act_type != "prelu" or rank in (1, 2):
         return None
-    return ("prelu is supported on 2-D data of known shape only (ONNX broadcasts its slope "
-            "differently)")
+    reason = "prelu is supported on 2-D data of known shape only (ONNX broadcasts its slope differently)"
+    return ShapeNeeded(reason) if rank is None else reason
 
 
 @register("LeakyReLU", param_slots=(1,), check_inputs=_leaky_relu_inputs)
@@ -120,7 +101,8 @@ def _leaky_relu(attrs: Attrs) -> str | None:
 @register("softmax")
 def _softmax(attrs: Attrs) -> str | None:
     # mx2onnx ignores dtype (the output's): its graph would disagree with MXNet's buffers.
-    return first_problem(is_false(attrs, "use_length"), unset(attrs, "dtype"))
+    # use_length: converters.tensor.softmax.
+    return unset(attrs, "dtype")
 
 
 @register("log_softmax")
@@ -132,8 +114,9 @@ def _log_softmax(attrs: Attrs) -> str | None:
 def _softmax_output_inputs(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | None:
     # On N-D data MXNet's normalisation axis depends on the label's shape; mx2onnx always
     # flattens. They agree on 2-D data.
-    return None if _rank(inputs) == 2 else (
-        "SoftmaxOutput is supported on 2-D data of known shape only")
+    rank = _rank(inputs)
+    reason = "SoftmaxOutput is supported on 2-D data of known shape only"
+    return None if rank == 2 else ShapeNeeded(reason) if rank is None else reason
 
 
 @register("SoftmaxOutput", check_inputs=_softmax_output_inputs)
@@ -187,11 +170,8 @@ def _l2_normalization(attrs: Attrs) -> str | None:
     return one_of(attrs, "mode", ("channel",), "instance")
 
 
-@register("_contrib_AdaptiveAvgPooling2D")
-def _adaptive_avg_pooling(attrs: Attrs) -> str | None:
-    if all(size == 1 for size in ints(attrs, "output_size")):
-        return None
-    return "adaptive pooling to output_size != 1 is not supported"
+# Any output size: converters.pooling averages with MatMuls over MXNet's windows.
+register("_contrib_AdaptiveAvgPooling2D")(always)
 
 
 @register("_contrib_BilinearResize2D")

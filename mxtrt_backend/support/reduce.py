@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ._registry import Attrs, TensorInfo, always, register
+from ._registry import Attrs, ShapeNeeded, TensorInfo, always, registrar
 from ._rules import first_problem, flag, is_false, one_of, unset
+
+register = registrar("Reductions and products")
 
 
 @register("sum", "mean", "max", "min", "prod")
@@ -27,7 +29,7 @@ def _dot_inputs(attrs: Attrs, inputs: Sequence[TensorInfo]) -> str | None:
     ranks = [len(t.shape) if t.shape is not None else None for t in inputs]
     transpose_a = flag(attrs, "transpose_a", False)
     if len(ranks) != 2 or ranks[1] is None or (transpose_a and ranks[0] is None):
-        return "dot needs its input shapes at partition time (pass the params, or shapes)"
+        return ShapeNeeded("dot needs its input shapes at partition time")
     if ranks[1] != 2:
         return f"dot with a {ranks[1]}-D right operand differs from ONNX MatMul"
     if transpose_a and ranks[0] != 2:
