@@ -42,6 +42,8 @@ class CalibrationSet:
 
 
 _sets: dict[str, CalibrationSet] = {}
+# Subgraphs whose online calibration stopped early, and said so.
+_incomplete: set[str] = set()
 _lock = threading.Lock()
 
 
@@ -195,8 +197,14 @@ class OnlineCalibration:
         return self._before
 
     def close(self) -> None:
-        """The op goes away. Forwards that stopped before N leave no int8 engine: say so."""
-        if self._done is None:
+        """The op goes away. Forwards that stopped before N leave no int8 engine: say so, once
+        per subgraph (Gluon without static_alloc makes and drops an op at every call)."""
+        if self._done is not None:
+            return
+        with _lock:
+            told = self._name in _incomplete
+            _incomplete.add(self._name)
+        if not told:
             log.warning(
                 "mxtrt: subgraph %s: int8 calibration stopped after %d of calibration_iters=%d "
                 "forwards, so no int8 engine was built and every forward ran at %s. Run at least "
