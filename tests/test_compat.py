@@ -7,6 +7,7 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -81,7 +82,7 @@ def test_installing_twice_keeps_one_module_and_one_hook():
 def test_set_and_get_use_tensorrt_read_the_variable_now(monkeypatch):
     assert mx.contrib.tensorrt.get_use_tensorrt() is False  # unset: off, as in 1.3
     mx.contrib.tensorrt.set_use_tensorrt(True)
-    assert mxtrt_backend.activation.os.environ["MXNET_USE_TENSORRT"] == "1"
+    assert os.environ["MXNET_USE_TENSORRT"] == "1"
     assert mx.contrib.tensorrt.get_use_tensorrt() is True
     mx.contrib.tensorrt.set_use_tensorrt(False)
     assert mx.contrib.tensorrt.get_use_tensorrt() is False
