@@ -590,3 +590,15 @@ def cifar_experiment(get_classif_model, models, batch_size=32, tolerance=0.1, nu
     test_duration = time() - test_start
 
     print("Test duration: %.2f seconds" % test_duration)
+
+
+# The variables mx.contrib.tensorrt's set_use_tensorrt/set_use_fp16 write, and the precision.
+TENSORRT_SWITCHES = ("MXNET_USE_TENSORRT", "MXNET_TENSORRT_USE_FP16", "MXNET_TENSORRT_PRECISION")
+
+
+def unset_for_test(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Unset variables for one test and restore them afterwards, also when the code under test
+    sets them (``monkeypatch.delenv`` of an unset variable records nothing to restore)."""
+    for name in names:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)

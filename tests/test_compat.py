@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 import mxtrt_backend
-from helpers import (conv_net, digits_as_mnist, forward, random_params, rel_err,
-                     reporting_runtime, train_lenet_digits, trt_nodes, unfused)
+from helpers import (TENSORRT_SWITCHES, conv_net, digits_as_mnist, forward, random_params,
+                     rel_err, reporting_runtime, train_lenet_digits, trt_nodes, unfused,
+                     unset_for_test)
 from mxtrt_backend import OptionError, compat
 from mxtrt_backend.config import resolve
 
@@ -39,8 +40,7 @@ API = {
 
 @pytest.fixture(autouse=True)
 def clean_switches(monkeypatch):
-    for name in ("MXNET_USE_TENSORRT", "MXNET_TENSORRT_USE_FP16", "MXNET_TENSORRT_PRECISION"):
-        monkeypatch.delenv(name, raising=False)
+    unset_for_test(monkeypatch, *TENSORRT_SWITCHES)
 
 
 @pytest.fixture(scope="module")

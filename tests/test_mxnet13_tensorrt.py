@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import mxtrt_backend
-from helpers import (CIFAR_MODELS, cifar_experiment, digits_as_mnist, gluoncv_model_zoo, rel_err,
-                     train_lenet_digits)
+from helpers import (CIFAR_MODELS, TENSORRT_SWITCHES, cifar_experiment, digits_as_mnist,
+                     gluoncv_model_zoo, rel_err, train_lenet_digits, unset_for_test)
 from mxtrt_backend.engine.cache import ENGINES
 
 
@@ -34,7 +34,7 @@ CTX = mx.cpu()
 def mxnet_reference(monkeypatch, tmp_path):
     """The flag starts unset, the plain-MXNet side runs unfused, files the tests write (net.export)
     go to a temporary folder."""
-    monkeypatch.delenv("MXNET_USE_TENSORRT", raising=False)
+    unset_for_test(monkeypatch, *TENSORRT_SWITCHES)
     monkeypatch.setenv("MXNET_SUBGRAPH_BACKEND", "NONE")
     monkeypatch.chdir(tmp_path)
 

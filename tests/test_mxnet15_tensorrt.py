@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from mxnet.test_utils import assert_almost_equal
 
-from helpers import (CIFAR_MODELS, cifar_experiment, digits_as_mnist, gluoncv_model_zoo,
-                     seeded_zoo_model, train_lenet_digits)
+from helpers import (CIFAR_MODELS, TENSORRT_SWITCHES, cifar_experiment, digits_as_mnist,
+                     gluoncv_model_zoo, seeded_zoo_model, train_lenet_digits, unset_for_test)
 from mxtrt_backend import demo
 
 CTX = mx.cpu()
@@ -39,8 +39,7 @@ class vision:  # noqa: N801  stands in for mxnet.gluon.model_zoo.vision (pretrai
 def mxnet_reference(monkeypatch, tmp_path):
     """The switches start unset, the plain-MXNet side runs unfused, files the tests write
     (net.export) go to a temporary folder."""
-    for name in ("MXNET_USE_TENSORRT", "MXNET_TENSORRT_USE_FP16", "MXNET_TENSORRT_PRECISION"):
-        monkeypatch.delenv(name, raising=False)
+    unset_for_test(monkeypatch, *TENSORRT_SWITCHES)
     monkeypatch.setenv("MXNET_SUBGRAPH_BACKEND", "NONE")
     monkeypatch.chdir(tmp_path)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from mxnet.test_utils import assert_almost_equal
 
-from helpers import reporting_runtime, seeded_zoo_model
+from helpers import TENSORRT_SWITCHES, reporting_runtime, seeded_zoo_model, unset_for_test
 from mxtrt_backend.engine.cache import ENGINES
 
 CTX = mx.cpu()
@@ -37,8 +37,7 @@ class vision:  # noqa: N801  stands in for mxnet.gluon.model_zoo.vision (pretrai
 @pytest.fixture(autouse=True)
 def mxnet_reference(monkeypatch, tmp_path):
     """The plain-MXNet side runs unfused; the exported model goes to a temporary folder."""
-    for name in ("MXNET_USE_TENSORRT", "MXNET_TENSORRT_PRECISION", "MXNET_TENSORRT_USE_FP16"):
-        monkeypatch.delenv(name, raising=False)
+    unset_for_test(monkeypatch, *TENSORRT_SWITCHES)
     monkeypatch.setenv("MXNET_SUBGRAPH_BACKEND", "NONE")
     monkeypatch.chdir(tmp_path)
 
