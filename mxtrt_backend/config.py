@@ -22,6 +22,10 @@ class OptionError(ValueError):
     """An option name or value the backend cannot accept; the message names the fix."""
 
 
+class CalibrationMissing(OptionError):
+    """An int8 precision without any of the three sources of int8 scales."""
+
+
 def _default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "mxtrt")
@@ -377,7 +381,7 @@ def _check_calibration(options: Options) -> None:
     """int8 needs scales from somewhere, and online calibration is an alternative to the rest."""
     offline = [name for name in ("calibration_data", "calibration_cache") if getattr(options, name)]
     if uses_int8(options.precision) and not (options.calibration_iters or offline):
-        raise OptionError(
+        raise CalibrationMissing(
             f"option 'precision' = '{options.precision}' needs calibration: set calibration_iters"
             " (MXNet 1.9's: the first N forwards calibrate), calibration_data "
             "(mxtrt_backend.calibration_data(...)) or calibration_cache")
