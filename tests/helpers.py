@@ -368,21 +368,20 @@ def digits_as_mnist() -> dict[str, np.ndarray]:
             "test_data": x_test, "test_label": y_test}
 
 
-def seeded_zoo_model(name: str, seed: int = 0, **kwargs: Any) -> mx.gluon.HybridBlock:
-    """A model-zoo net with random weights that are the same at every call, as ``pretrained=True``
-    weights are (MXNet's tests build the net several times and compare the builds). BatchNorm
-    statistics are random too, so that they matter."""
-    net = vision.get_model(name, pretrained=False, **kwargs)
-    mx.random.seed(seed)
-    net.initialize(mx.init.Xavier(magnitude=2))
-    net(mx.nd.zeros((1, 3, 32, 32)))  # completes deferred initialization
-    rng = np.random.RandomState(seed)
-    for param_name, param in net.collect_params().items():
-        if param_name.endswith(("running_mean", "beta")):
-            param.set_data(mx.nd.array(rng.uniform(-0.1, 0.1, param.shape)))
-        elif param_name.endswith(("running_var", "gamma")):
-            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)))
-    return net
+def pretrained_standin(name: str, make: Callable[[], mx.gluon.HybridBlock],
+                       image: tuple[int, int]) -> mx.gluon.HybridBlock:
+    """What ``pretrained=True`` (a download) becomes in MXNet's ported tests: the net with
+    ``zoo.build``'s deterministic random weights (layers normalised, BatchNorm statistics of its
+    own inputs, as training leaves them), the same at every call, as pretrained weights are.
+    ``image`` is the (height, width) the statistics are taken at."""
+    import zoo  # it imports this module
+
+    return zoo.build(zoo.ZooNet(name, "classification", make, (zoo.Input("data", (1, 3, *image)),)))
+
+
+def seeded_zoo_model(name: str, image: tuple[int, int] = (224, 224)) -> mx.gluon.HybridBlock:
+    """``mxnet.gluon.model_zoo.vision.get_model(name, pretrained=True)``, without the download."""
+    return pretrained_standin(name, lambda: vision.get_model(name), image)
 
 
 @dataclass
@@ -432,18 +431,14 @@ def reporting_runtime() -> Iterator[list[Build]]:
 
 
 class _GluonCvModelZoo:
-    """Stand-in for ``gluoncv.model_zoo`` (gluoncv is not installed here, and its CIFAR nets are
-    downloaded pretrained): the MXNet model-zoo net of the nearest family, with random weights
-    that are the same at every call."""
-
-    NEAREST = {"cifar_resnet20_v1": "resnet18_v1", "cifar_resnet56_v1": "resnet34_v1",
-               "cifar_resnet110_v1": "resnet101_v1", "cifar_resnet20_v2": "resnet18_v2",
-               "cifar_resnet56_v2": "resnet34_v2", "cifar_resnet110_v2": "resnet101_v2",
-               "cifar_wideresnet16_10": "resnet50_v1", "cifar_wideresnet28_10": "resnet50_v2",
-               "cifar_wideresnet40_8": "resnet152_v1", "cifar_resnext29_16x64d": "mobilenetv2_1.0"}
+    """``gluoncv.model_zoo`` whose ``pretrained=True`` builds the net with random weights instead
+    of downloading them (``pretrained_standin``), at CIFAR-10's image size."""
 
     def get_model(self, name: str, pretrained: bool = False) -> mx.gluon.HybridBlock:
-        return seeded_zoo_model(self.NEAREST[name], classes=10)  # CIFAR-10's classes
+        from gluoncv import model_zoo
+
+        return pretrained_standin(name, lambda: model_zoo.get_model(name, pretrained=False),
+                                  (32, 32))
 
 
 gluoncv_model_zoo = _GluonCvModelZoo()

@@ -3,7 +3,7 @@
 What changed, everywhere: ``mx.gpu(0)`` is ``CTX`` (``mx.cpu()``: no GPU here, the backend runs
 ONNX Runtime engines on CPU contexts); MNIST (downloaded) is scikit-learn's bundled digits, and
 the LeNet that lenet5_train.py trained is the bundled demo's LeNet trained on them; gluoncv's
-pretrained CIFAR nets are MXNet model-zoo nets with fixed random weights
+CIFAR nets are built with random weights instead of downloading the pretrained ones
 (``helpers.gluoncv_model_zoo``); CIFAR-10 (downloaded) is a synthetic dataset of its layout; the
 plain-MXNet side runs unfused (``MXNET_SUBGRAPH_BACKEND=NONE``: MKLDNN fusion is not ground
 truth). Every call to the 1.3 API (``mx.contrib.tensorrt.*``, ``simple_bind``, ``forward``) is as

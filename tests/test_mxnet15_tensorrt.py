@@ -2,8 +2,9 @@
 
 What changed, everywhere: ``mx.gpu()`` is ``CTX`` (``mx.cpu()``: no GPU here, the backend runs
 ONNX Runtime engines on CPU contexts, which compute in float32 whatever the precision, so the
-fp16 runs meet the fp32 tolerances too); ``pretrained=True`` model-zoo nets have fixed random
-weights (``helpers.seeded_zoo_model``); downloads (MNIST, the cat picture, CIFAR-10) are
+fp16 runs meet the fp32 tolerances too); ``pretrained=True`` nets (MXNet's and gluoncv's
+model zoos) have random weights instead of downloaded ones (``helpers.pretrained_standin``),
+the same at every call; downloads (MNIST, the cat picture, CIFAR-10) are
 scikit-learn's digits or synthetic data; the plain-MXNet side runs unfused
 (``MXNET_SUBGRAPH_BACKEND=NONE``: MKLDNN fusion is not ground truth). Every call to the 1.5 API
 (``get_backend_symbol``, ``mx.contrib.tensorrt.*``, ``simple_bind``, ``copy_params_from``,

@@ -3,7 +3,8 @@ of its TensorRT tutorial (docs/.../performance/backend/tensorrt/tensorrt.md), po
 
 What changed, everywhere: ``mx.gpu(0)`` is ``CTX`` (``mx.cpu()``: no GPU here, the backend runs
 ONNX Runtime engines on CPU contexts, which compute in float32 whatever the precision);
-``vision.resnet50_v2(pretrained=True)`` has fixed random weights (``helpers.seeded_zoo_model``);
+``vision.resnet50_v2(pretrained=True)`` has random weights instead of downloaded ones, the same
+at every call (``helpers.seeded_zoo_model``);
 DALI's pipeline over ImageNet records is a stream of synthetic batches; the plain-MXNet side runs
 unfused (``MXNET_SUBGRAPH_BACKEND=NONE``: MKLDNN fusion is not ground truth). Every call to the
 1.9 API (``optimize_for`` with its options, ``simple_bind``, ``forward``) is as the original
