@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
 from . import callbacks, partition
-from .config import OptionError
+from .config import SWITCH_OFF, SWITCH_ON, OptionError
 
 log = logging.getLogger("mxtrt")
 
@@ -44,8 +44,8 @@ BACKEND = "TensorRT"
 SUBGRAPH_ENV = "MXNET_SUBGRAPH_BACKEND"
 OP_NAME = "_TensorRT"
 
-_ON = frozenset({"1", "true", "yes", "on"})
-_OFF = frozenset({"", "0", "false", "no", "off"})
+_ON = SWITCH_ON
+_OFF = SWITCH_OFF | {""}  # set but empty: off
 
 # MXNet's custom-partitioner machinery (CustomSubgraphProperty) is process-wide state: two
 # threads partitioning at once crash the process. Every partitioning, and every bind while

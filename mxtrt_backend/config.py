@@ -151,15 +151,16 @@ def without_int8(precision: str) -> str:
     return "fp16" if precision.startswith("fp16") else "fp32"
 
 
+# The words of an on/off switch (MXNET_USE_TENSORRT, MXNET_TENSORRT_USE_FP16).
+SWITCH_ON = frozenset({"1", "true", "yes", "on"})
+SWITCH_OFF = frozenset({"0", "false", "no", "off"})
+
+
 def _parse_switch(text: str) -> bool:
     word = text.strip().lower()
-    if word in _ON or word in _OFF:
-        return word in _ON
+    if word in SWITCH_ON or word in SWITCH_OFF:
+        return word in SWITCH_ON
     raise ValueError("must be 1 or 0")
-
-
-_ON = frozenset({"1", "true", "yes", "on"})
-_OFF = frozenset({"0", "false", "no", "off"})
 
 
 def _parse_batch_range(text: str) -> tuple[int, int, int] | None:
