@@ -124,10 +124,12 @@ def lookup(token: str) -> CalibrationSet:
 
 
 def batches(found: CalibrationSet, shapes: Mapping[str, Sequence[int]],
-            dtypes: Mapping[str, np.dtype] | None = None) -> list[dict[str, np.ndarray]]:
+            dtypes: Mapping[str, np.dtype] | None = None,
+            sources: Mapping[str, str] | None = None) -> list[dict[str, np.ndarray]]:
     """Calibration batches of exactly the engine's input shapes (dim 0 is the batch) and dtypes
     (TensorRT reads the buffers as the network's input types: float32 samples for a float16
-    input would be read as garbage).
+    input would be read as garbage). ``sources`` maps an engine input to the symbol's name of
+    it (MXNet renames subgraph inputs, "data" -> "data0"), which a DataIter's batches carry.
 
     Samples are regrouped into batches of that size; a last partial batch is dropped, since
     TensorRT calibrates on full batches only.
@@ -138,7 +140,8 @@ def batches(found: CalibrationSet, shapes: Mapping[str, Sequence[int]],
                          "calibration batches as dicts input name -> batch, or a DataIter")
     per_input: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():
-        samples = found.samples[None] if unnamed else found.samples.get(name)
+        samples = found.samples[None] if unnamed else found.samples.get(
+            name, found.samples.get((sources or {}).get(name)))
         if samples is None:
             raise ValueError(f"calibration_data has no batches for input '{name}' (it has "
                              f"{sorted(map(str, found.samples))}); an int8 subgraph whose input is "

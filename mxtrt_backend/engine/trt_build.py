@@ -21,7 +21,7 @@ from filelock import FileLock
 from ..config import Options, uses_int8
 from . import BuildRejected, calibration
 from .cache import write_atomic
-from .onnx_shapes import ShapeRange, build_input, input_dtypes
+from .onnx_shapes import ShapeRange, build_input, input_dtypes, source_names
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -152,7 +152,7 @@ def _int8_calibration(config: trt.IBuilderConfig, profile: trt.IOptimizationProf
     if options.calibration_data:
         batches = calibration.DeviceBatches(calibration.batches(
             calibration.lookup(options.calibration_data), shapes,
-            input_dtypes(onnx_bytes, list(shapes))))
+            input_dtypes(onnx_bytes, list(shapes)), source_names(onnx_bytes)))
     calibrator = calibration.entropy_calibrator(
         batches, options.calibration_cache,
         calibration_cache_path(options.cache_dir, onnx_bytes, options.calibration_data))
