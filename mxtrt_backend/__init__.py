@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from . import activation, callbacks
+from . import activation, callbacks, compat
 from .config import Options, OptionError
 from .convert import load
 from .engine.calibration import register as calibration_data
@@ -26,3 +26,4 @@ logging.getLogger("mxtrt").addHandler(logging.NullHandler())
 
 callbacks.install(library_path())
 activation.install()  # optimize_for, MXNET_USE_TENSORRT for bind/simple_bind, Gluon hybridize
+compat.install()  # mx.contrib.tensorrt (MXNet 1.3/1.5), get_backend_symbol('TensorRT')

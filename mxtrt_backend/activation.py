@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
 from . import callbacks, layout, partition
-from .config import OptionError
+from .config import SWITCH_OFF, SWITCH_ON, OptionError
 
 log = logging.getLogger("mxtrt")
 
@@ -44,8 +44,8 @@ BACKEND = "TensorRT"
 SUBGRAPH_ENV = "MXNET_SUBGRAPH_BACKEND"
 OP_NAME = "_TensorRT"
 
-_ON = frozenset({"1", "true", "yes", "on"})
-_OFF = frozenset({"", "0", "false", "no", "off"})
+_ON = SWITCH_ON
+_OFF = SWITCH_OFF | {""}  # set but empty: off
 
 # MXNet's custom-partitioner machinery (CustomSubgraphProperty) is process-wide state: two
 # threads partitioning at once crash the process. Every partitioning, and every bind while
@@ -208,15 +208,22 @@ def _fill_given(executor: Any, partitioned: Any, shared_buffer: Mapping[str, Any
             value.copyto(executor.aux_dict[name])
 
 
-def _inference_only(grad_req: Any) -> bool:
-    """`_TensorRT` has no backward. Like MXNet's own backends, the flag then leaves a bind that
-    computes gradients (e.g. Module.fit) to plain MXNet."""
+def computes_gradients(grad_req: Any) -> bool:
+    """Whether a bind's grad_req (a string, a list, or a dict by argument) asks for gradients."""
     reqs = grad_req.values() if isinstance(grad_req, dict) else (
         [grad_req] if isinstance(grad_req, str) else grad_req)
-    if all(req == "null" for req in reqs):
+    return any(req != "null" for req in reqs)
+
+
+def _inference_only(grad_req: Any) -> bool:
+    """`_TensorRT` has no backward. Like MXNet's own backends, the flag then leaves a bind that
+    computes gradients (e.g. Module.fit) to plain MXNet. MXNet 1.3 refused such a bind outright,
+    so the fallback is a WARNING: code written for 1.3 may not expect it."""
+    if not computes_gradients(grad_req):
         return True
-    log.info("mxtrt: %s is on, but this bind computes gradients (grad_req=%r); binding it with "
-             "plain MXNet (the TensorRT backend is for inference)", FLAG, grad_req)
+    log.warning("mxtrt: %s is on, but this bind computes gradients (grad_req=%r); binding it "
+                "with plain MXNet (the TensorRT backend is for inference; pass grad_req='null' "
+                "to use it)", FLAG, grad_req)
     return False
 
 
@@ -263,10 +270,15 @@ def _hook_binder(original: Callable[..., Any], plan: Plan) -> Callable[..., Any]
         call = signature.bind(self, *args, **kwargs)
         call.apply_defaults()
         shared_buffer = call.arguments.get("shared_buffer")
-        types = plan(self, call.arguments) if enabled() else None
-        partitioned = self if types is None else self.optimize_for(
-            BACKEND, ctx=call.arguments["ctx"], **types)
-        ours, training, nodes = _backend_symbol(partitioned)
+        # A symbol partitioned already (optimize_for, get_backend_symbol, a saved one) binds as
+        # it is, keeping the values given to it.
+        found = _backend_symbol(self)
+        types = plan(self, call.arguments) if enabled() and not found[0] else None
+        partitioned = self
+        if types is not None:
+            partitioned = self.optimize_for(BACKEND, ctx=call.arguments["ctx"], **types)
+            found = _backend_symbol(partitioned)
+        ours, training, nodes = found
         if not ours:
             return original(self, *args, **kwargs)
         call.arguments["self"] = partitioned
@@ -473,19 +485,26 @@ _HOOKS: tuple[tuple[str, str, Callable[[Callable[..., Any]], Callable[..., Any]]
 )
 
 
-def install() -> None:
-    """Wrap the MXNet methods above once; idempotent (re-imports and reloads are safe)."""
+def wrap(module_name: str, path: str,
+         hook: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Replace the MXNet method ``path`` ("Class.method") of ``module_name`` by ``hook(method)``,
+    once: a method already wrapped is left alone (re-imports and reloads are safe)."""
     import importlib
 
+    cls_name, method = path.split(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    current = cls.__dict__[method]
+    if getattr(current, "__mxtrt_hook__", False):
+        return
+    wrapped = hook(current)
+    wrapped.__mxtrt_hook__ = True  # type: ignore[attr-defined]
+    setattr(cls, method, wrapped)
+
+
+def install() -> None:
+    """Wrap the MXNet methods above once; idempotent."""
     global PartitionedSymbol
     if PartitionedSymbol is None:
         PartitionedSymbol = _partitioned_symbol_class()
     for module_name, path, hook in _HOOKS:
-        cls_name, method = path.split(".")
-        cls = getattr(importlib.import_module(module_name), cls_name)
-        current = cls.__dict__[method]
-        if getattr(current, "__mxtrt_hook__", False):
-            continue
-        wrapped = hook(current)
-        wrapped.__mxtrt_hook__ = True  # type: ignore[attr-defined]
-        setattr(cls, method, wrapped)
+        wrap(module_name, path, hook)

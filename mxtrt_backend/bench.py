@@ -127,8 +127,9 @@ def _precision_options(precision: str, options: Mapping[str, str],
     from .engine.calibration import register
 
     chosen = dict(options, precision=precision)
-    if precision == "int8" and not (options.get("calibration_data")
-                                    or options.get("calibration_cache")):
+    if config.uses_int8(precision) and not (options.get("calibration_data")
+                                            or options.get("calibration_cache")
+                                            or options.get("calibration_iters")):
         batch: Any = next(iter(calibration.values())) if len(calibration) == 1 else dict(calibration)
         chosen["calibration_data"] = register([batch])
     return chosen

@@ -22,6 +22,10 @@ class OptionError(ValueError):
     """An option name or value the backend cannot accept; the message names the fix."""
 
 
+class CalibrationMissing(OptionError):
+    """An int8 precision without any of the three sources of int8 scales."""
+
+
 def _default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "mxtrt")
@@ -130,15 +134,43 @@ def _between(low: int, high: int) -> Callable[[Any], str | None]:
     return check
 
 
-PRECISIONS = ("fp32", "fp16", "int8")
+# MXNet 1.9's precision: "fp32", "fp16", "int8" joined by "_" in any order. fp16 overrides fp32
+# ("fp32_fp16" is "fp16"), int8 adds int8 kernels to the other one ("int8" is "fp32_int8").
+PRECISION_WORDS = ("fp32", "fp16", "int8")
+# Parsed to one spelling per meaning (also the engine-key form).
+PRECISIONS = ("fp32", "fp16", "int8", "fp16_int8")
 
 
 def _parse_precision(text: str) -> str:
-    return text.strip().lower()
+    words = set(text.strip().lower().replace("_", " ").split())
+    for word in sorted(words - set(PRECISION_WORDS)):
+        close = difflib.get_close_matches(word, PRECISION_WORDS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ValueError(f"'{word}' is not a precision; {hint}give fp32, fp16 or int8, or MXNet "
+                         "1.9's combinations joined by '_': fp16_int8, fp32_int8, fp32_fp16")
+    base = "fp16" if "fp16" in words else "fp32"
+    return (f"{base}_int8" if base == "fp16" else "int8") if "int8" in words else base
 
 
-def _check_precision(value: str) -> str | None:
-    return None if value in PRECISIONS else f"must be one of {', '.join(PRECISIONS)}"
+def uses_int8(precision: str) -> bool:
+    return precision.endswith("int8")
+
+
+def without_int8(precision: str) -> str:
+    """The precision int8 falls back to (and that online calibration runs at): fp16 or fp32."""
+    return "fp16" if precision.startswith("fp16") else "fp32"
+
+
+# The words of an on/off switch (MXNET_USE_TENSORRT, MXNET_TENSORRT_USE_FP16).
+SWITCH_ON = frozenset({"1", "true", "yes", "on"})
+SWITCH_OFF = frozenset({"0", "false", "no", "off"})
+
+
+def _parse_switch(text: str) -> bool:
+    word = text.strip().lower()
+    if word in SWITCH_ON or word in SWITCH_OFF:
+        return word in SWITCH_ON
+    raise ValueError("must be 1 or 0")
 
 
 def _parse_batch_range(text: str) -> tuple[int, int, int] | None:
@@ -260,10 +292,20 @@ class Options:
              "of sleeping: spinning threads of one subgraph's engine slow down the next subgraph, "
              "MXNet's own ops and other processes (see docs/benchmarks.md)")
     precision: str = _option(
-        "fp32", env="MXNET_TENSORRT_PRECISION", parse=_parse_precision, check=_check_precision,
-        affects_engine=True,
-        help="TensorRT precision on GPU contexts: `fp32`, `fp16` or `int8` (int8 needs "
-             "`calibration_data` or `calibration_cache`)")
+        "fp32", env="MXNET_TENSORRT_PRECISION", parse=_parse_precision, affects_engine=True,
+        help="TensorRT precision on GPU contexts: `fp32`, `fp16`, `int8` (int8 kernels, fp32 "
+             "elsewhere) or `fp16_int8`; MXNet 1.9's spellings `fp32_int8` and `fp32_fp16` too. "
+             "int8 needs `calibration_iters`, `calibration_data` or `calibration_cache`")
+    use_fp16: bool | None = _option(
+        None, env="MXNET_TENSORRT_USE_FP16", parse=_parse_switch, shown_default="unset",
+        help="MXNet 1.5's switch (`mx.contrib.tensorrt.set_use_fp16`): 1 means precision `fp16`, "
+             "0 `fp32`, when `precision` itself is not set. Unset: `fp32`, except for symbols "
+             "made by `get_backend_symbol('TensorRT')`, where it defaults to 1 as in MXNet 1.5")
+    calibration_iters: int = _option(
+        0, env="MXNET_TENSORRT_CALIBRATION_ITERS", parse=_parse_int, check=_at_least(0),
+        shown_default="0 (off)",
+        help="MXNet 1.9's online int8 calibration: the first N forwards run at the precision "
+             "without int8 and their inputs calibrate; the int8 engine serves the later ones")
     max_workspace_size: int = _option(
         1 << 30, env="MXNET_TENSORRT_MAX_WORKSPACE_SIZE", parse=_parse_int, check=_at_least(1),
         affects_engine=True, shown_default="1073741824 (1 GiB)",
@@ -321,10 +363,12 @@ def _parse_one(spec: OptionSpec, raw: str, source: str) -> Any:
     return value
 
 
-def resolve(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Options:
-    """Validate string options, fill the rest from the environment or defaults."""
+def resolve(raw: Mapping[str, str], environ: Mapping[str, str] | None = None,
+            defaults: Mapping[str, str] | None = None) -> Options:
+    """Validate string options, fill the rest from the environment, then from ``defaults`` (the
+    defaults of the API that made the symbol, e.g. MXNet 1.5's fp16), then the fields' own."""
     environ = os.environ if environ is None else environ
-    for name in raw:
+    for name in [*raw, *(defaults or {})]:
         if name not in _BY_NAME and name not in _MXNET_KEYS:
             raise OptionError(unknown_option_message(name))
     values: dict[str, Any] = {}
@@ -333,7 +377,35 @@ def resolve(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) ->
             values[spec.name] = _parse_one(spec, str(raw[spec.name]), "given")
         elif spec.env in environ:
             values[spec.name] = _parse_one(spec, environ[spec.env], f"from ${spec.env}")
-    return Options(**values)
+        elif defaults and spec.name in defaults:
+            values[spec.name] = _parse_one(spec, defaults[spec.name], "this symbol's default")
+    # MXNet 1.5's switch decides the precision only when precision itself was not set.
+    if "precision" not in values and values.get("use_fp16") is not None:
+        values["precision"] = "fp16" if values["use_fp16"] else "fp32"
+    options = Options(**values)
+    _check_calibration(options)
+    return options
+
+
+def environment_value(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """One option's value from its environment variable, parsed and checked; None when unset."""
+    environ = os.environ if environ is None else environ
+    spec = _BY_NAME[name]
+    return _parse_one(spec, environ[spec.env], f"from ${spec.env}") if spec.env in environ else None
+
+
+def _check_calibration(options: Options) -> None:
+    """int8 needs scales from somewhere, and online calibration is an alternative to the rest."""
+    offline = [name for name in ("calibration_data", "calibration_cache") if getattr(options, name)]
+    if uses_int8(options.precision) and not (options.calibration_iters or offline):
+        raise CalibrationMissing(
+            f"option 'precision' = '{options.precision}' needs calibration: set calibration_iters"
+            " (MXNet 1.9's: the first N forwards calibrate), calibration_data "
+            "(mxtrt_backend.calibration_data(...)) or calibration_cache")
+    if options.calibration_iters and offline:
+        raise OptionError(f"options calibration_iters and {' and '.join(offline)} are "
+                          "alternatives (online calibration, or scales from given data/a cache); "
+                          "set one of them")
 
 
 def explicit(raw: Mapping[str, str]) -> dict[str, str]:

@@ -213,6 +213,23 @@ def _copy_to(cache_dir: str, engines: Sequence[Path]) -> None:
                     "the converted folder still finds them", cache_dir, err)
 
 
+def _check_int8_scales(raw: Mapping[str, str], device: Device) -> None:
+    """An int8 engine for a GPU takes its scales from a calibration cache here: calibration
+    batches cannot be given on a command line, and online calibration (calibration_iters) needs
+    forwards a conversion does not run."""
+    if device.kind != "gpu":
+        return
+    try:
+        resolved = config.resolve(raw)
+    except config.CalibrationMissing:
+        resolved = None
+    if resolved is None or (config.uses_int8(resolved.precision) and not (
+            resolved.calibration_cache or resolved.calibration_data)):
+        raise CliError("-o precision=int8 needs -o calibration_cache=FILE (a TensorRT calibration "
+                       "cache; calibration batches cannot be given on a command line, and "
+                       "calibration_iters needs forwards a conversion does not run)")
+
+
 def convert(prefix: str, epoch: int, out: str, shapes: Mapping[str, Shape],
             options: Mapping[str, str] | None = None, device: Device = CPU) -> Converted:
     """Partition the checkpoint and build its engines on ``device`` into the folder ``out``.
@@ -228,11 +245,8 @@ def convert(prefix: str, epoch: int, out: str, shapes: Mapping[str, Shape],
     user_cache = config.resolve({k: v for k, v in raw.items() if k == "cache_dir"}).cache_dir
     for name in _BUILD_OPTIONS:
         raw.pop(name, None)
+    _check_int8_scales(raw, device)
     resolved = config.resolve(raw)
-    if device.kind == "gpu" and resolved.precision == "int8" and not (
-            resolved.calibration_cache or resolved.calibration_data):
-        raise CliError("-o precision=int8 needs -o calibration_cache=FILE (a TensorRT calibration "
-                       "cache; calibration batches cannot be given on a command line)")
     target = Path(out)
     _check_target(target)
     model = cli.load_checkpoint(prefix, epoch)

@@ -37,6 +37,10 @@ _MXNET_DEFAULTS = {"FullyConnected": {"flatten": "True"}, "Deconvolution": {"no_
 _BOOKKEEPING_ATTRS = ("isArg", "isAux", "argName")
 
 
+# Model metadata: subgraph input name -> the symbol's name of that input.
+SOURCES_PROP = "mxtrt.source_names"
+
+
 class ExportError(RuntimeError):
     """mx2onnx could not convert a subgraph."""
 
@@ -149,6 +153,10 @@ def export_structure(subgraph: Subgraph, in_shapes: Sequence[Sequence[int]],
     dtypes = dict(zip(subgraph.input_names, (np.dtype(t) for t in in_dtypes)))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="mxtrt")
+    # The symbol's own name of each input (MXNet renames them: "data" -> "data0"), for what is
+    # fed by name from outside the graph, such as int8 calibration batches of a DataIter.
+    helper.set_model_props(model, {SOURCES_PROP: json.dumps(
+        dict(zip(subgraph.input_names, subgraph.source_names)), sort_keys=True)})
     _fix_gamma_constants(model, subgraph.graph, shapes, dtypes)
     by_name = {o.name: o for o in model.graph.output}
     names = _distinct_outputs(model, outputs)

@@ -20,6 +20,7 @@ import numpy as np
 from . import config, export, partition
 from .engine import Engine, Runtime, Serialized, TensorRef, runtime_for
 from .engine.cache import ENGINES, Store, cache_key
+from .engine.calibration import OnlineCalibration
 from .params import ParamTracker
 
 log = logging.getLogger("mxtrt")
@@ -38,8 +39,12 @@ class OpState:
     runtime: Runtime
     device_id: int
     params: ParamTracker
+    # MXNet 1.9's calibration_iters: which engine runs while the op calibrates, and after.
+    online: OnlineCalibration | None = None
     engine: Engine | None = None
     key: str | None = None  # the engine's cache key
+    # The options the engine was built with (they change when online calibration completes).
+    engine_options: config.Options | None = None
     # The inputs the engine takes at run time: those not baked into it.
     data: tuple[int, ...] = ()
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -54,7 +59,8 @@ def create_state(attrs: dict[str, str], device: str, device_id: int,
                  in_shapes: Sequence[tuple[int, ...]], in_dtypes: Sequence[np.dtype]) -> int:
     """Make the state of one `_TensorRT` op from its node attributes; returns its handle."""
     subgraph = export.Subgraph.from_json(attrs[SUBGRAPH_ATTR])
-    options = config.resolve(json.loads(attrs.get(partition.ATTR_OPTIONS, "{}")))
+    options = config.resolve(json.loads(attrs.get(partition.ATTR_OPTIONS, "{}")),
+                             defaults=json.loads(attrs.get(partition.ATTR_DEFAULTS, "{}")))
     names = subgraph.input_names
     if len(in_shapes) != len(names):
         raise ValueError(f"_TensorRT got {len(in_shapes)} inputs, its subgraph has "
@@ -70,9 +76,12 @@ def create_state(attrs: dict[str, str], device: str, device_id: int,
         mutable=frozenset(i for i in params if names[i] in subgraph.aux_names),
         demotable=frozenset(i for i in params if kinds[names[i]] == partition.GIVEN),
         names=subgraph.source_names)
-    state = OpState(name=subgraph.digest[:12], subgraph=subgraph, structure=structure,
+    name = subgraph.digest[:12]
+    online = (OnlineCalibration(options, name)
+              if options.calibration_iters and config.uses_int8(options.precision) else None)
+    state = OpState(name=name, subgraph=subgraph, structure=structure,
                     in_shapes=tuple(in_shapes), in_dtypes=tuple(in_dtypes), options=options,
-                    runtime=runtime, device_id=device_id, params=tracker)
+                    runtime=runtime, device_id=device_id, params=tracker, online=online)
     handle = next(_handles)
     with _states_lock:
         _states[handle] = state
@@ -86,7 +95,9 @@ def state(handle: int) -> OpState:
 
 def destroy_state(handle: int) -> None:
     with _states_lock:
-        _states.pop(handle, None)
+        gone = _states.pop(handle, None)
+    if gone is not None and gone.online is not None:
+        gone.online.close()
 
 
 def live_states() -> int:
@@ -121,8 +132,9 @@ def _label(subgraph: export.Subgraph) -> str:
     return f"{compute[0]} .. {compute[-1]} ({len(compute)} nodes)" if compute else ""
 
 
-def _engine_for(state: OpState, inputs: Sequence[TensorRef]) -> tuple[Engine, str]:
-    runtime, options = state.runtime, state.options
+def _engine_for(state: OpState, inputs: Sequence[TensorRef], options: config.Options
+                ) -> tuple[Engine, str]:
+    runtime = state.runtime
     baked = state.params.baked
     names = state.subgraph.input_names
     data_names = [names[i] for i in range(len(names)) if i not in baked]
@@ -153,12 +165,23 @@ def _engine_for(state: OpState, inputs: Sequence[TensorRef]) -> tuple[Engine, st
     return hit.engine, key
 
 
+def _data_values(state: OpState, inputs: Sequence[TensorRef]) -> dict[str, np.ndarray]:
+    """Host copies of the inputs not baked into the engine, by engine input name."""
+    names, baked = state.subgraph.input_names, state.params.baked
+    return {names[i]: np.array(state.runtime.to_host(ref)) for i, ref in enumerate(inputs)
+            if i not in baked}
+
+
 def run_state(state: OpState, inputs: Sequence[TensorRef], outputs: Sequence[TensorRef],
               stream: int) -> None:
     _check_io(state, inputs, outputs)
     with state.lock:
-        if state.params.changed(inputs) or state.engine is None:
-            state.engine, state.key = _engine_for(state, inputs)
+        changed = state.params.changed(inputs)
+        options = state.options if state.online is None else state.online.options(
+            lambda: _data_values(state, inputs))
+        if changed or state.engine is None or options != state.engine_options:
+            state.engine, state.key = _engine_for(state, inputs, options)
+            state.engine_options = options
             state.data = tuple(i for i in range(len(inputs)) if i not in state.params.baked)
         engine, data = state.engine, state.data
     engine.run([inputs[i] for i in data], outputs, stream)

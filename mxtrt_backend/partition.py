@@ -29,6 +29,9 @@ ATTR_PARAMS = "mxtrt_params"
 ATTR_OPTIONS = "mxtrt_options"
 # Nodes of the subgraph that compute differently in training mode (the engine runs inference).
 ATTR_TRAINING = "mxtrt_training"
+# Option defaults of the API that made the symbol (e.g. MXNet 1.5's fp16 for get_backend_symbol):
+# beaten by given options and environment variables, read when MXNet creates the op.
+ATTR_DEFAULTS = "mxtrt_defaults"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ scikit-learn's digits (the bundled demo's, so tests and demo train the same mode
 Triton servers on loopback."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -359,3 +360,240 @@ def tritonserver_command(repo: Path, workdir: Path) -> tuple[list[str], dict[str
                "--grpc-address", HOST, "--metrics-address", HOST, "--allow-gpu-metrics", "false",
                "--exit-timeout-secs", "5", "--strict-readiness", "true"]
     return command, env
+def digits_as_mnist() -> dict[str, np.ndarray]:
+    """scikit-learn's digits in the layout of ``mx.test_utils.get_mnist()`` (which downloads):
+    the stand-in for MNIST in MXNet's own TensorRT tests."""
+    x_train, y_train, x_test, y_test = demo.digits()
+    return {"train_data": x_train, "train_label": y_train,
+            "test_data": x_test, "test_label": y_test}
+
+
+def pretrained_standin(name: str, make: Callable[[], mx.gluon.HybridBlock],
+                       image: tuple[int, int]) -> mx.gluon.HybridBlock:
+    """What ``pretrained=True`` (a download) becomes in MXNet's ported tests: the net with
+    ``zoo.build``'s deterministic random weights (layers normalised, BatchNorm statistics of its
+    own inputs, as training leaves them), the same at every call, as pretrained weights are.
+    ``image`` is the (height, width) the statistics are taken at."""
+    import zoo  # it imports this module
+
+    return zoo.build(zoo.ZooNet(name, "classification", make, (zoo.Input("data", (1, 3, *image)),)))
+
+
+def seeded_zoo_model(name: str, image: tuple[int, int] = (224, 224)) -> mx.gluon.HybridBlock:
+    """``mxnet.gluon.model_zoo.vision.get_model(name, pretrained=True)``, without the download."""
+    return pretrained_standin(name, lambda: vision.get_model(name), image)
+
+
+@dataclass
+class Build:
+    """What a runtime was asked to build: the precision and, for int8, the calibration batches
+    (as TensorRT's calibrator would get them: the engine's input shapes and dtypes)."""
+
+    precision: str
+    calibration: list[dict[str, np.ndarray]] | None
+
+
+class ReportingRuntime(OrtRuntime):
+    """ONNX Runtime (it computes, in float32) that reports every engine it is asked to build.
+
+    Installed for CPU contexts with ``reporting_runtime``; a real Runtime of the backend's own
+    interface, so the op, the engine cache and the calibration bookkeeping all run for real."""
+
+    name = "onnxruntime-reporting"
+
+    def __init__(self, builds: list[Build]) -> None:
+        self.builds = builds
+
+    def build(self, onnx_bytes: bytes, input_names, output_names, options, device_id: int) -> bytes:
+        from mxtrt_backend.engine import calibration, onnx_shapes
+
+        batches = None
+        if options.calibration_data:
+            batches = calibration.batches(calibration.lookup(options.calibration_data),
+                                          onnx_shapes.input_shapes(onnx_bytes, input_names),
+                                          onnx_shapes.input_dtypes(onnx_bytes, input_names))
+        self.builds.append(Build(options.precision, batches))
+        return super().build(onnx_bytes, input_names, output_names, options, device_id)
+
+
+@contextmanager
+def reporting_runtime() -> Iterator[list[Build]]:
+    """CPU contexts run ``ReportingRuntime`` (and start with an empty engine cache); yields the
+    list of builds it reports."""
+    from mxtrt_backend.engine import RUNTIMES
+
+    builds: list[Build] = []
+    ENGINES.clear_memory()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(RUNTIMES, "cpu", lambda: ReportingRuntime(builds))
+        yield builds
+    ENGINES.clear_memory()
+
+
+class _GluonCvModelZoo:
+    """``gluoncv.model_zoo`` whose ``pretrained=True`` builds the net with random weights instead
+    of downloading them (``pretrained_standin``), at CIFAR-10's image size."""
+
+    def get_model(self, name: str, pretrained: bool = False) -> mx.gluon.HybridBlock:
+        from gluoncv import model_zoo
+
+        return pretrained_standin(name, lambda: model_zoo.get_model(name, pretrained=False),
+                                  (32, 32))
+
+
+gluoncv_model_zoo = _GluonCvModelZoo()
+
+
+def synthetic_cifar10(size: int, seed: int = 0) -> mx.gluon.data.ArrayDataset:
+    """CIFAR-10's test set layout (32x32x3 uint8 images, labels 0..9) with random content: the
+    stand-in for ``gluon.data.vision.CIFAR10(train=False)``, which downloads."""
+    rng = np.random.RandomState(seed)
+    images = mx.nd.array(rng.randint(0, 256, (size, 32, 32, 3)), dtype=np.uint8)
+    return mx.gluon.data.ArrayDataset(images, rng.randint(0, 10, size).astype(np.float32))
+
+
+# --- MXNet 1.3's and 1.5's test_cvnets.py: the same experiment, around each release's own
+# get_classif_model(model_name, use_tensorrt, ctx, batch_size), which is passed in. The code is
+# the originals' apart from what the comments say.
+
+CIFAR_MODELS = [
+    'cifar_resnet20_v1',
+    'cifar_resnet56_v1',
+    'cifar_resnet110_v1',
+    'cifar_resnet20_v2',
+    'cifar_resnet56_v2',
+    'cifar_resnet110_v2',
+    'cifar_wideresnet16_10',
+    'cifar_wideresnet28_10',
+    'cifar_wideresnet40_8',
+    'cifar_resnext29_16x64d'
+]
+
+# Was 10000 downloaded CIFAR-10 test images; synthetic ones, fewer (CPU time).
+CIFAR_NUM_EX = 96
+
+
+def cifar10_infer(get_classif_model, model_name, use_tensorrt, num_workers, ctx=mx.cpu(),
+                  batch_size=128):
+    from time import time
+
+    from mxnet.gluon.data.vision import transforms
+
+    executor = get_classif_model(model_name, use_tensorrt, ctx, batch_size)
+
+    num_ex = CIFAR_NUM_EX
+    all_preds = np.zeros([num_ex, 10])
+
+    all_label_test = np.zeros(num_ex)
+
+    transform_test = transforms.Compose([
+        transforms.ToTensor(),
+        transforms.Normalize([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])
+    ])
+
+    data_loader = lambda: mx.gluon.data.DataLoader(  # noqa: E731
+        synthetic_cifar10(CIFAR_NUM_EX).transform_first(transform_test),  # was CIFAR10(train=False)
+        batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+    val_data = data_loader()
+
+    for idx, (data, label) in enumerate(val_data):
+        # Skip last batch if it's undersized.
+        if data.shape[0] < batch_size:
+            continue
+        offset = idx * batch_size
+        all_label_test[offset:offset + batch_size] = label.asnumpy()
+
+        # warm-up, but don't use result
+        executor.forward(is_train=False, data=data)
+        executor.outputs[0].wait_to_read()
+
+    gc.collect()
+    val_data = data_loader()
+    example_ct = 0
+    start = time()
+
+    # if use_tensorrt:
+    for idx, (data, label) in enumerate(val_data):
+        # Skip last batch if it's undersized.
+        if data.shape[0] < batch_size:
+            continue
+        executor.forward(is_train=False, data=data)
+        preds = executor.outputs[0].asnumpy()
+        offset = idx * batch_size
+        all_preds[offset:offset + batch_size, :] = preds[:batch_size]
+        example_ct += batch_size
+
+    all_preds = np.argmax(all_preds, axis=1)
+    matches = (all_preds[:example_ct] == all_label_test[:example_ct]).sum()
+    duration = time() - start
+
+    return duration, 100.0 * matches / example_ct
+
+
+def run_experiment_for(get_classif_model, model_name, batch_size, num_workers):
+    print("\n===========================================")
+    print("Model: %s" % model_name)
+    print("===========================================")
+    print("*** Running inference using pure MXNet ***\n")
+    mx_duration, mx_pct = cifar10_infer(get_classif_model, model_name=model_name,
+                                        batch_size=batch_size, num_workers=num_workers,
+                                        use_tensorrt=False)
+    print("\nMXNet: time elapsed: %.3fs, accuracy: %.2f%%" % (mx_duration, mx_pct))
+    print("\n*** Running inference using MXNet + TensorRT ***\n")
+    trt_duration, trt_pct = cifar10_infer(get_classif_model, model_name=model_name,
+                                          batch_size=batch_size, num_workers=num_workers,
+                                          use_tensorrt=True)
+    print("TensorRT: time elapsed: %.3fs, accuracy: %.2f%%" % (trt_duration, trt_pct))
+    speedup = mx_duration / trt_duration
+    print("TensorRT speed-up (not counting compilation): %.2fx" % speedup)
+
+    acc_diff = abs(mx_pct - trt_pct)
+    print("Absolute accuracy difference: %f" % acc_diff)
+    return speedup, acc_diff
+
+
+def cifar_experiment(get_classif_model, models, batch_size=32, tolerance=0.1, num_workers=1):
+    """The body of test_tensorrt_on_cifar_resnets (its try/finally stays in each test)."""
+    from time import time
+
+    num_models = len(models)
+
+    speedups = np.zeros(num_models, dtype=np.float32)
+    acc_diffs = np.zeros(num_models, dtype=np.float32)
+
+    test_start = time()
+
+    for idx, model in enumerate(models):
+        speedup, acc_diff = run_experiment_for(get_classif_model, model, batch_size, num_workers)
+        speedups[idx] = speedup
+        acc_diffs[idx] = acc_diff
+        assert acc_diff < tolerance, "Accuracy difference between MXNet and TensorRT > %.2f%% for model %s" % (
+            tolerance, model)
+
+    print("Perf and correctness checks run on the following models:")
+    print(models)
+    mean_speedup = np.mean(speedups)
+    std_speedup = np.std(speedups)
+    print("\nSpeedups:")
+    print(speedups)
+    print("Speedup range: [%.2f, %.2f]" % (np.min(speedups), np.max(speedups)))
+    print("Mean speedup: %.2f" % mean_speedup)
+    print("St. dev. of speedups: %.2f" % std_speedup)
+    print("\nAcc. differences: %s" % str(acc_diffs))
+
+    test_duration = time() - test_start
+
+    print("Test duration: %.2f seconds" % test_duration)
+
+
+# The variables mx.contrib.tensorrt's set_use_tensorrt/set_use_fp16 write, and the precision.
+TENSORRT_SWITCHES = ("MXNET_USE_TENSORRT", "MXNET_TENSORRT_USE_FP16", "MXNET_TENSORRT_PRECISION")
+
+
+def unset_for_test(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Unset variables for one test and restore them afterwards, also when the code under test
+    sets them (``monkeypatch.delenv`` of an unset variable records nothing to restore)."""
+    for name in names:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)

@@ -38,14 +38,17 @@ def test_each_option_has_its_environment_variable_and_affects_the_engine(name):
 
 
 def test_environment_is_used_and_explicit_wins():
-    env = {"MXNET_TENSORRT_PRECISION": "int8", "MXNET_TENSORRT_BATCH_RANGE": "2,2,4"}
+    env = {"MXNET_TENSORRT_PRECISION": "int8", "MXNET_TENSORRT_BATCH_RANGE": "2,2,4",
+           "MXNET_TENSORRT_CALIBRATION_ITERS": "3"}
     assert resolve({}, environ=env).precision == "int8"
     assert resolve({}, environ=env).batch_range == (2, 2, 4)
     assert resolve({"precision": "fp16"}, environ=env).precision == "fp16"
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"precision": "fp64"}, r"option 'precision' = 'fp64' \(given\) is invalid: must be one of fp32, fp16, int8"),
+    ({"precision": "fp64"}, r"option 'precision' = 'fp64' \(given\) is invalid: 'fp64' is not a "
+                            r"precision; did you mean 'fp16'\? give fp32, fp16 or int8, or MXNet "
+                            r"1.9's combinations joined by '_': fp16_int8, fp32_int8, fp32_fp16"),
     ({"max_workspace_size": "0"}, r"option 'max_workspace_size' = '0' \(given\) is invalid: must be >= 1"),
     ({"max_workspace_size": "1GB"}, r"option 'max_workspace_size' = '1GB' \(given\) is invalid"),
     ({"batch_range": "8,4,16"}, r"option 'batch_range' = '8,4,16' \(given\) is invalid: must satisfy 1 <= min <= opt <= max"),

@@ -190,11 +190,15 @@ def test_convert_rejects_a_bad_option_before_any_work(checkpoint, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_int8_for_a_gpu_needs_a_calibration_cache_before_any_work(checkpoint, tmp_path):
+@pytest.mark.parametrize("options", [
+    {"precision": "int8"},
+    {"precision": "fp16_int8", "calibration_iters": "3"},  # no forwards to calibrate from
+])
+def test_int8_for_a_gpu_needs_a_calibration_cache_before_any_work(checkpoint, tmp_path, options):
     prefix, epoch = checkpoint
     with pytest.raises(cli.CliError, match=r"precision=int8 needs -o calibration_cache=FILE"):
         convert.convert(prefix, epoch, str(tmp_path / "o"), {"data": (1, 1, 8, 8)},
-                        {"precision": "int8"}, cli.Device("gpu", 0))
+                        options, cli.Device("gpu", 0))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -113,3 +113,19 @@ def test_device_batches_without_a_gpu_raise_a_cuda_error():
     batches = calibration.batches(calibration.collect([SAMPLES]), {"data": (5, 3, 2, 2)})
     with pytest.raises(cuda.CudaError):
         calibration.DeviceBatches(batches)
+
+
+def test_a_data_iter_feeds_the_engine_input_mxnet_renamed():
+    """MXNet names a subgraph's input 'data0'; the DataIter's batches are named 'data'. The
+    exported graph records each input's own name, and calibration finds the batches by it."""
+    from mxtrt_backend.engine.onnx_shapes import source_names
+    from helpers import DATA, data_subgraph
+
+    graph = data_subgraph()
+    assert source_names(graph.onnx_bytes)["data0"] == "data"
+    x = np.random.RandomState(0).uniform(-1, 1, (4, *DATA[1:])).astype("f")
+    found = calibration.lookup(mxtrt_backend.calibration_data(
+        mx.io.NDArrayIter(x, batch_size=2, data_name="data")))
+    got = calibration.batches(found, {"data0": (2, *DATA[1:])}, None,
+                              source_names(graph.onnx_bytes))
+    assert len(got) == 2 and np.array_equal(got[1]["data0"], x[2:])

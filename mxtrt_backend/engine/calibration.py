@@ -7,17 +7,23 @@ still be called, and returns a token naming their content; the token is the valu
 ``calibration_data`` option, and, being a digest, part of the engine's cache key.
 
 The engine is built inside MXNet's engine thread, long after, from these host arrays only.
+
+``OnlineCalibration`` is MXNet 1.9's ``calibration_iters``: the op's own inputs of its first
+forwards become such a set, registered the same way.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from ..config import Options, without_int8
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -36,13 +42,16 @@ class CalibrationSet:
 
 
 _sets: dict[str, CalibrationSet] = {}
+# Subgraphs whose online calibration stopped early, and said so.
+_incomplete: set[str] = set()
 _lock = threading.Lock()
 
 
 def _host(value: Any) -> np.ndarray:
-    # NDArray.asnumpy() waits for MXNet: fine here, this runs on the caller's thread.
+    # NDArray.asnumpy() waits for MXNet: fine here, this runs on the caller's thread. float16
+    # stays float16; `batches` casts to what the engine's inputs take.
     array = value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return np.ascontiguousarray(array, dtype=np.float16 if array.dtype == np.float16 else np.float32)
 
 
 def _from_data_iter(it: Any) -> dict[str | None, list[np.ndarray]]:
@@ -114,8 +123,13 @@ def lookup(token: str) -> CalibrationSet:
     return found
 
 
-def batches(found: CalibrationSet, shapes: Mapping[str, Sequence[int]]) -> list[dict[str, np.ndarray]]:
-    """Calibration batches of exactly the engine's input shapes (dim 0 is the batch).
+def batches(found: CalibrationSet, shapes: Mapping[str, Sequence[int]],
+            dtypes: Mapping[str, np.dtype] | None = None,
+            sources: Mapping[str, str] | None = None) -> list[dict[str, np.ndarray]]:
+    """Calibration batches of exactly the engine's input shapes (dim 0 is the batch) and dtypes
+    (TensorRT reads the buffers as the network's input types: float32 samples for a float16
+    input would be read as garbage). ``sources`` maps an engine input to the symbol's name of
+    it (MXNet renames subgraph inputs, "data" -> "data0"), which a DataIter's batches carry.
 
     Samples are regrouped into batches of that size; a last partial batch is dropped, since
     TensorRT calibrates on full batches only.
@@ -126,7 +140,8 @@ def batches(found: CalibrationSet, shapes: Mapping[str, Sequence[int]]) -> list[
                          "calibration batches as dicts input name -> batch, or a DataIter")
     per_input: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():
-        samples = found.samples[None] if unnamed else found.samples.get(name)
+        samples = found.samples[None] if unnamed else found.samples.get(
+            name, found.samples.get((sources or {}).get(name)))
         if samples is None:
             raise ValueError(f"calibration_data has no batches for input '{name}' (it has "
                              f"{sorted(map(str, found.samples))}); an int8 subgraph whose input is "
@@ -134,7 +149,7 @@ def batches(found: CalibrationSet, shapes: Mapping[str, Sequence[int]]) -> list[
         if tuple(samples.shape[1:]) != tuple(shape[1:]):
             raise ValueError(f"calibration samples of '{name}' have shape {list(samples.shape[1:])},"
                              f" the engine input has {list(shape[1:])}")
-        per_input[name] = samples
+        per_input[name] = samples if dtypes is None else samples.astype(dtypes[name], copy=False)
     batch = int(next(iter(shapes.values()))[0])
     total = min(len(s) for s in per_input.values())
     if total < batch:
@@ -145,6 +160,61 @@ def batches(found: CalibrationSet, shapes: Mapping[str, Sequence[int]]) -> list[
                  total - dropped, dropped)
     return [{name: np.ascontiguousarray(s[start:start + batch]) for name, s in per_input.items()}
             for start in range(0, total - dropped, batch)]
+
+
+class OnlineCalibration:
+    """MXNet 1.9's ``calibration_iters=N`` for one `_TensorRT` op.
+
+    The first N forwards run an engine at the precision without int8 (fp16 or fp32) and keep
+    host copies of their data inputs; the N-th registers them as calibration data. From the
+    next forward on, the int8 engine, calibrated from those inputs, runs (it is built once and
+    cached like any engine: the data's digest is in its key). The op asks ``options`` which
+    engine runs each forward; that is all it knows about calibration.
+    """
+
+    def __init__(self, options: Options, name: str) -> None:
+        self._name = name
+        self._iters = options.calibration_iters
+        self._int8 = dataclasses.replace(options, calibration_iters=0)
+        self._before = dataclasses.replace(self._int8, precision=without_int8(options.precision))
+        self._seen: list[dict[str, np.ndarray]] = []
+        self._done: Options | None = None
+
+    @property
+    def forwards(self) -> int:
+        """Calibration forwards so far (N once calibration is complete)."""
+        return self._iters if self._done else len(self._seen)
+
+    def options(self, inputs: Callable[[], Mapping[str, np.ndarray]]) -> Options:
+        """The options of the engine that runs this forward. While calibrating, ``inputs()``
+        (host copies of this forward's data inputs, by engine input name) is kept."""
+        if self._done is not None:
+            return self._done
+        self._seen.append(dict(inputs()))
+        if len(self._seen) == self._iters:
+            token = register(self._seen)
+            self._seen = []
+            self._done = dataclasses.replace(self._int8, calibration_data=token)
+            log.info("mxtrt: subgraph %s: %d calibration forwards done; the next forward builds "
+                     "and runs its %s engine", self._name, self._iters, self._int8.precision)
+        return self._before
+
+    def close(self) -> None:
+        """The op goes away. Forwards that stopped before N leave no int8 engine: say so, once
+        per subgraph (Gluon without static_alloc makes and drops an op at every call)."""
+        if self._done is not None:
+            return
+        with _lock:
+            told = self._name in _incomplete
+            _incomplete.add(self._name)
+        if not told:
+            log.warning(
+                "mxtrt: subgraph %s: int8 calibration stopped after %d of calibration_iters=%d "
+                "forwards, so no int8 engine was built and every forward ran at %s. Run at least "
+                "%d forwards through one executor (Gluon: hybridize(static_alloc=True, "
+                "static_shape=True), or every call makes a new op), lower calibration_iters, or "
+                "give calibration_data or calibration_cache instead.", self._name,
+                len(self._seen), self._iters, self._before.precision, self._iters)
 
 
 class DeviceBatches:

@@ -1,9 +1,12 @@
-"""Input shapes of an exported subgraph, and the batch-agnostic model one engine over a range of
+"""Input shapes and dtypes of an exported subgraph, and the batch-agnostic model one engine over a range of
 batch sizes (the ``batch_range`` option) is built from. Pure ONNX: no runtime needed."""
 from __future__ import annotations
 
+import json
+
 from typing import Mapping, Sequence
 
+import numpy as np
 import onnx
 
 Shape = tuple[int, ...]
@@ -16,6 +19,22 @@ def input_shapes(onnx_bytes: bytes, input_names: Sequence[str]) -> dict[str, Sha
     dims = {vi.name: tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
             for vi in model.graph.input}
     return {name: dims[name] for name in input_names}
+
+
+def input_dtypes(onnx_bytes: bytes, input_names: Sequence[str]) -> dict[str, np.dtype]:
+    model = onnx.load_from_string(onnx_bytes)
+    types = {vi.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+             for vi in model.graph.input}
+    return {name: types[name] for name in input_names}
+
+
+def source_names(onnx_bytes: bytes) -> dict[str, str]:
+    """Graph input -> the MXNet symbol's name of that input, as the export records it."""
+    from ..export import SOURCES_PROP
+
+    model = onnx.load_from_string(onnx_bytes)
+    found = {p.key: p.value for p in model.metadata_props}.get(SOURCES_PROP)
+    return json.loads(found) if found else {}
 
 
 def with_dynamic_batch(onnx_bytes: bytes, input_names: Sequence[str]) -> bytes:

@@ -14,7 +14,7 @@ import functools
 import threading
 from typing import TYPE_CHECKING, Sequence
 
-from ..config import OptionError, Options
+from ..config import Options
 from . import Blob, DeviceRuntime, Engine, Runtime, TensorRef, cuda
 from .onnx_shapes import with_dynamic_batch
 from .staged import StagedOrtRuntime
@@ -94,9 +94,6 @@ class TrtRuntime(DeviceRuntime):
 
     def build(self, onnx_bytes: bytes, input_names: Sequence[str], output_names: Sequence[str],
               options: Options, device_id: int) -> bytes:
-        if options.precision == "int8" and not (options.calibration_data or options.calibration_cache):
-            raise OptionError("option 'precision' = 'int8' needs calibration: set calibration_data "
-                              "(mxtrt_backend.calibration_data(...)) or calibration_cache")
         cuda.set_device(device_id)
         return build_plan(onnx_bytes, input_names, options, self.version(),
                           self.device_key(device_id))

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 from filelock import FileLock
 
-from ..config import Options
+from ..config import Options, uses_int8
 from . import BuildRejected, calibration
 from .cache import write_atomic
-from .onnx_shapes import ShapeRange, build_input
+from .onnx_shapes import ShapeRange, build_input, input_dtypes, source_names
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -85,9 +85,9 @@ def store_timing_cache(path: Path, merged: Callable[[bytes | None], bytes]) -> N
 def _precision_flags(precision: str) -> list[trt.BuilderFlag]:
     import tensorrt as trt
 
-    # int8 keeps fp16 as the fallback for layers without int8 kernels.
-    flags = {"fp32": [], "fp16": [trt.BuilderFlag.FP16],
-             "int8": [trt.BuilderFlag.INT8, trt.BuilderFlag.FP16]}
+    # As MXNet 1.9: int8 adds int8 kernels; layers without one run at fp16 or fp32.
+    flags = {"fp32": [], "fp16": [trt.BuilderFlag.FP16], "int8": [trt.BuilderFlag.INT8],
+             "fp16_int8": [trt.BuilderFlag.INT8, trt.BuilderFlag.FP16]}
     return flags[precision]
 
 
@@ -142,7 +142,7 @@ def _int8_calibration(config: trt.IBuilderConfig, profile: trt.IOptimizationProf
                       ) -> Iterator[None]:
     """For int8, a calibrator on the config for the duration of the build (TensorRT calls back
     into it); its device buffers are freed afterwards. Calibration runs at the profile's opt."""
-    if options.precision != "int8":
+    if not uses_int8(options.precision):
         yield
         return
     if profile is not None:
@@ -151,7 +151,8 @@ def _int8_calibration(config: trt.IBuilderConfig, profile: trt.IOptimizationProf
     batches = None
     if options.calibration_data:
         batches = calibration.DeviceBatches(calibration.batches(
-            calibration.lookup(options.calibration_data), shapes))
+            calibration.lookup(options.calibration_data), shapes,
+            input_dtypes(onnx_bytes, list(shapes)), source_names(onnx_bytes)))
     calibrator = calibration.entropy_calibrator(
         batches, options.calibration_cache,
         calibration_cache_path(options.cache_dir, onnx_bytes, options.calibration_data))
