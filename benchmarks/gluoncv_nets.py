@@ -32,7 +32,8 @@ def gluoncv_block(name: str, shape: tuple[int, ...]) -> mx.gluon.HybridBlock:
     from gluoncv import model_zoo
 
     mx.random.seed(0)
-    kwargs = {} if name == "xception" else {"pretrained_base": False}
+    # Segmentation nets fix their pooling branch to the crop size they are built for.
+    kwargs = {} if name == "xception" else {"pretrained_base": False, "crop_size": shape[-1]}
     net = model_zoo.get_model(name, pretrained=False, **kwargs)
     net.initialize(mx.init.Xavier(magnitude=0.5))
     net.hybridize(static_alloc=True, static_shape=True)
