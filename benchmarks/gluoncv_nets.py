@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Callable
 
 import mxnet as mx
@@ -32,6 +33,8 @@ def gluoncv_block(name: str, shape: tuple[int, ...]) -> mx.gluon.HybridBlock:
     from gluoncv import model_zoo
 
     mx.random.seed(0)
+    # The segmentation heads initialise themselves; MXNet warns for each of their parameters.
+    warnings.filterwarnings("ignore", message="Parameter .* is already initialized")
     # Segmentation nets fix their pooling branch to the crop size they are built for.
     kwargs = {} if name == "xception" else {"pretrained_base": False, "crop_size": shape[-1]}
     net = model_zoo.get_model(name, pretrained=False, **kwargs)
