@@ -389,3 +389,13 @@ def arguments_table() -> str:
     for name, sub in _subparsers(parser).items():
         lines += [f"### `mxtrt {name}`", "", sub.description or "", "", *_table(sub)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def commands_table() -> str:
+    """Markdown: every command and what it does, linked to its arguments in docs/cli.md (the
+    README holds it)."""
+    rows = ["| command | what it does |", "|---|---|"]
+    for command in SUBCOMMANDS:
+        anchor = "mxtrt-" + command.name
+        rows.append(f"| [`mxtrt {command.name}`](docs/cli.md#{anchor}) | {command.help} |")
+    return "\n".join(rows) + "\n"

@@ -73,11 +73,3 @@ def test_engine_key_holds_only_engine_options():
 def test_every_option_has_its_own_environment_variable():
     envs = [spec.env for spec in config.OPTIONS]
     assert all(envs) and len(set(envs)) == len(envs)
-
-
-def test_readme_documents_every_option_and_its_variable():
-    from pathlib import Path
-
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    for spec in config.OPTIONS:
-        assert f"| `{spec.env}` | `{spec.name}` |" in readme, spec.name
