@@ -26,7 +26,7 @@ from typing import Iterator, Mapping, Sequence
 
 from . import cli, config, partition
 from .cli import CPU, CliError, Device, Shape
-from .engine.cache import ENGINES, Hit
+from .engine.cache import ENGINES, Hit, write_atomic
 
 log = logging.getLogger("mxtrt")
 
@@ -204,10 +204,11 @@ def _progress(total: int) -> Iterator[None]:
 
 
 def _copy_to(cache_dir: str, engines: Sequence[Path]) -> None:
+    # By rename: a running process may have an engine of the same name mapped (docs/reliability.md).
     try:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         for path in engines:
-            shutil.copy2(path, Path(cache_dir) / path.name)
+            write_atomic(Path(cache_dir) / path.name, path.read_bytes())
     except OSError as err:
         log.warning("mxtrt: could not copy the engines to the engine cache %s (%s); load() of "
                     "the converted folder still finds them", cache_dir, err)
