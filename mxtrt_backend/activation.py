@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
 from . import callbacks, layout, partition
-from .config import SWITCH_OFF, SWITCH_ON, OptionError
+from .config import SWITCH_OFF, SWITCH_ON, OptionError, variable
 
 log = logging.getLogger("mxtrt")
 
@@ -76,16 +76,8 @@ def enabled(environ: Mapping[str, str] | None = None) -> bool:
 def subgraph_backend(name: str) -> Iterator[None]:
     """MXNET_SUBGRAPH_BACKEND=name for the binds inside (MXNet reads it at bind): "NONE" binds
     plain MXNet unfused; our backend's name keeps MXNet's own backend off a partitioned graph."""
-    with _partition_lock:
-        previous = os.environ.get(SUBGRAPH_ENV)
-        os.environ[SUBGRAPH_ENV] = name
-        try:
-            yield
-        finally:
-            if previous is None:
-                del os.environ[SUBGRAPH_ENV]
-            else:
-                os.environ[SUBGRAPH_ENV] = previous
+    with _partition_lock, variable(SUBGRAPH_ENV, name):
+        yield
 
 
 # --- optimize_for -----------------------------------------------------------------------------

@@ -13,9 +13,10 @@ import functools
 import hashlib
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 
 class OptionError(ValueError):
@@ -392,6 +393,21 @@ def environment_value(name: str, environ: Mapping[str, str] | None = None) -> An
     environ = os.environ if environ is None else environ
     spec = _BY_NAME[name]
     return _parse_one(spec, environ[spec.env], f"from ${spec.env}") if spec.env in environ else None
+
+
+@contextmanager
+def variable(name: str, value: str) -> Iterator[None]:
+    """Environment variable ``name`` set to ``value`` inside the block, as it was after it (MXNet
+    reads some variables at bind, not from arguments)."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def _check_calibration(options: Options) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import cli
 from .cli import CPU, Device
+from .config import variable
 
 BATCH = 64
 CLASSES = 10
@@ -81,11 +82,15 @@ class Run:
 
 def run_flow(prefix: str, epoch: int, use_tensorrt: bool, device: Device = CPU) -> Run:
     """The classic MXNet-vs-TensorRT comparison, unchanged user code: only the flag differs."""
-    import mxnet as mx
-
     import mxtrt_backend  # noqa: F401  registers the backend and the MXNET_USE_TENSORRT hooks
 
-    os.environ["MXNET_USE_TENSORRT"] = "1" if use_tensorrt else "0"
+    with variable("MXNET_USE_TENSORRT", "1" if use_tensorrt else "0"):
+        return _inference_loop(prefix, epoch, use_tensorrt, device)
+
+
+def _inference_loop(prefix: str, epoch: int, use_tensorrt: bool, device: Device) -> Run:
+    import mxnet as mx
+
     ctx = device.context()
     sym, arg_params, aux_params = mx.model.load_checkpoint(prefix, epoch)
     all_params = {name: v.as_in_context(ctx) for name, v in dict(arg_params, **aux_params).items()}
@@ -110,14 +115,7 @@ def run_flow(prefix: str, epoch: int, use_tensorrt: bool, device: Device = CPU) 
 
 
 def compare(prefix: str, epoch: int, device: Device = CPU) -> tuple[Run, Run]:
-    previous = os.environ.get("MXNET_USE_TENSORRT")
-    try:
-        return run_flow(prefix, epoch, False, device), run_flow(prefix, epoch, True, device)
-    finally:
-        if previous is None:
-            os.environ.pop("MXNET_USE_TENSORRT", None)
-        else:
-            os.environ["MXNET_USE_TENSORRT"] = previous
+    return run_flow(prefix, epoch, False, device), run_flow(prefix, epoch, True, device)
 
 
 def zoo_checkpoint(folder: str, name: str, seed: int = 0) -> tuple[str, int]:
