@@ -20,7 +20,8 @@ from typing import Callable
 import mxnet as mx
 import numpy as np
 
-from run_all import Recorder, bare_session, environ, interleaved, ms, rel_err
+from mxtrt_backend.config import variable
+from run_all import Recorder, bare_session, interleaved, ms, rel_err
 
 NETS: dict[str, tuple[int, int]] = {  # name -> input height, width
     "xception": (299, 299),
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> int:
         return 2
     import tempfile
 
-    with tempfile.TemporaryDirectory() as cache, environ("MXTRT_CACHE_DIR", cache):
+    with tempfile.TemporaryDirectory() as cache, variable("MXTRT_CACHE_DIR", cache):
         for name in names:
             measure(name)
     return 0

@@ -25,6 +25,7 @@ from mxnet.gluon.model_zoo import vision
 
 import mxtrt_backend  # noqa: F401  registers the backend
 from mxtrt_backend import callbacks, export, extension, layout, params, partition
+from mxtrt_backend.config import variable
 from mxtrt_backend.engine import TensorRef
 from mxtrt_backend.engine.cache import ENGINES, EngineCache
 from mxtrt_backend.engine.ort import OrtEngine, OrtRuntime
@@ -125,7 +126,7 @@ class Recorder:
     def __enter__(self) -> "Recorder":
         ENGINES.clear_memory()
         self._folder = tempfile.TemporaryDirectory()
-        self._cache = environ("MXTRT_CACHE_DIR", self._folder.name)
+        self._cache = variable("MXTRT_CACHE_DIR", self._folder.name)
         self._cache.__enter__()
         self._original = OrtRuntime.build
         graphs = self.graphs
@@ -394,7 +395,7 @@ def warm_start() -> None:
             ex.forward(is_train=False)
             ex.outputs[0].wait_to_read()
 
-        with tempfile.TemporaryDirectory() as cache, environ("MXTRT_CACHE_DIR", cache):
+        with tempfile.TemporaryDirectory() as cache, variable("MXTRT_CACHE_DIR", cache):
             fresh_engines()
             cold = seconds(first_output)
             warm, split = [], []
@@ -413,23 +414,6 @@ def warm_start() -> None:
             f"{label} {t:.0f}" for (label, *_), t in zip(steps, parts)) + f", rest {rest:.0f}",
             flush=True)
     print("('rest': binding, partition-time work in MXNet, the executor and Python around the steps)")
-
-
-class environ:
-    """Set one environment variable for the duration of a with block."""
-
-    def __init__(self, key: str, value: str) -> None:
-        self.key, self.value = key, value
-
-    def __enter__(self) -> None:
-        self.previous = os.environ.get(self.key)
-        os.environ[self.key] = self.value
-
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is None:
-            del os.environ[self.key]
-        else:
-            os.environ[self.key] = self.previous
 
 
 def op_overhead() -> None:
@@ -516,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
     print(f"machine: {os.cpu_count()} CPUs; mxnet {mx.__version__}; onnxruntime {ort.__version__}; "
           f"python {sys.version.split()[0]}; {time.strftime('%Y-%m-%d %H:%M')}")
-    with tempfile.TemporaryDirectory() as cache, environ("MXTRT_CACHE_DIR", cache):
+    with tempfile.TemporaryDirectory() as cache, variable("MXTRT_CACHE_DIR", cache):
         for name in chosen:
             SECTIONS[name]()
     print(f"\n(load average at the end {os.getloadavg()[0]:.1f})")

@@ -396,11 +396,14 @@ def environment_value(name: str, environ: Mapping[str, str] | None = None) -> An
 
 
 @contextmanager
-def variable(name: str, value: str) -> Iterator[None]:
-    """Environment variable ``name`` set to ``value`` inside the block, as it was after it (MXNet
-    reads some variables at bind, not from arguments)."""
+def variable(name: str, value: str | None) -> Iterator[None]:
+    """Environment variable ``name`` set to ``value`` (None: unset) inside the block, as it was
+    after it (MXNet reads some variables at bind, not from arguments)."""
     previous = os.environ.get(name)
-    os.environ[name] = value
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
     try:
         yield
     finally:

@@ -4,6 +4,7 @@ scikit-learn's digits (the bundled demo's, so tests and demo train the same mode
 Triton servers on loopback."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -27,6 +28,7 @@ import pytest
 from mxnet.gluon.model_zoo import vision
 
 from mxtrt_backend import demo, export
+from mxtrt_backend.config import variable
 from mxtrt_backend.engine.cache import ENGINES
 from mxtrt_backend.engine.ort import OrtRuntime
 
@@ -105,17 +107,10 @@ _env_lock = threading.RLock()
 def environ(**values: str) -> Iterator[None]:
     """These environment variables for the duration (MXNet and the backend read theirs at
     bind), restored afterwards; one thread at a time."""
-    with _env_lock:
-        previous = {name: os.environ.get(name) for name in values}
-        os.environ.update(values)
-        try:
-            yield
-        finally:
-            for name, value in previous.items():
-                if value is None:
-                    del os.environ[name]
-                else:
-                    os.environ[name] = value
+    with _env_lock, contextlib.ExitStack() as stack:
+        for name, value in values.items():
+            stack.enter_context(variable(name, value))
+        yield
 
 
 def unfused():

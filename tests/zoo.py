@@ -12,14 +12,14 @@ import json
 import os
 import tempfile
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import mxnet as mx
 import numpy as np
 
 from helpers import rel_err, unfused
+from mxtrt_backend.config import variable
 
 KINDS = ("classification", "detection", "segmentation", "pose", "nlp")
 FLAG = "MXNET_USE_TENSORRT"
@@ -281,21 +281,9 @@ class Exported:
                         {k: v.copy() for k, v in self.aux.items()})
 
 
-@contextmanager
-def flag(value: str | None) -> Iterator[None]:
+def flag(value: str | None) -> ContextManager[None]:
     """MXNET_USE_TENSORRT set to ``value`` (None: unset) for the duration of the block."""
-    previous = os.environ.get(FLAG)
-    if value is None:
-        os.environ.pop(FLAG, None)
-    else:
-        os.environ[FLAG] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(FLAG, None)
-        else:
-            os.environ[FLAG] = previous
+    return variable(FLAG, value)
 
 
 def export(net: ZooNet, seed: int = 0) -> Exported:

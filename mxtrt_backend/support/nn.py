@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ._registry import Attrs, ShapeNeeded, TensorInfo, always, registrar
-from ._rules import first_problem, flag, ints, is_false, one_of, unset
+from ._rules import first_problem, flag, is_false, one_of, unset
 
 register = registrar("Layers")
 
