@@ -1,4 +1,5 @@
-"""The test zoo's nets at batch 1: plain MXNet vs the backend, interleaved.
+"""The test zoo's nets at their zoo inputs (batch 1; BERT 2 x 16 tokens): plain MXNet vs the
+backend, interleaved.
 
 `python benchmarks/zoo_speed.py [NAME ...]` (needs requirements-zoo.txt). Each net is built by
 the tests' zoo harness (`tests/zoo.py`: GluonCV and GluonNLP nets with seeded random weights),
@@ -48,7 +49,7 @@ def main(argv: list[str]) -> int:
         print(f"unknown net {unknown[0]!r}; choose from {', '.join(zoo.BY_NAME)}", file=sys.stderr)
         return 2
     print(f"machine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'net (batch 1)':<38}{'MXNet ms':>10}{'backend':>10}{'speed-up':>9}{'cpu MXNet':>10}"
+    print(f"{'net (zoo input)':<38}{'MXNet ms':>10}{'backend':>10}{'speed-up':>9}{'cpu MXNet':>10}"
           f"{'backend':>9}{'rel diff':>10}")
     with tempfile.TemporaryDirectory() as cache, variable("MXTRT_CACHE_DIR", cache):
         for name in names:
