@@ -140,7 +140,7 @@ class Recorder:
 
     def __exit__(self, *exc: object) -> None:
         OrtRuntime.build = self._original  # type: ignore[method-assign]
-        self._cache.__exit__()
+        self._cache.__exit__(None, None, None)
         self._folder.cleanup()
 
 
