@@ -126,6 +126,42 @@ def _name_with_hint(sym: Any) -> None:
             node._set_attr(name=node.name + NAME_HINT)
 
 
+def _stand_ins(*groups: Any) -> list[Any]:
+    """Each of ``groups`` (a dict or list of NDArrays, or None) with its arrays replaced by
+    views of the same shapes into one scratch buffer per context and dtype.
+
+    MXNet 1.9's optimize_for hands a library partitioner the given arrays' memory: PrePartition
+    calls ``NDArray::data()`` on the caller's thread, without waiting for MXNet's engine. An
+    array whose memory a queued write has yet to allocate (``v.copy()`` just before) is then
+    allocated by both threads, now and then at the same moment, and keeps the memory the write
+    never reached: heap leftovers, baked into the engine (a full test run in three, 2026-11).
+    The partitioner needs only the arrays' names, shapes and dtypes, so MXNet gets stand-ins,
+    and neither touches the caller's arrays nor waits for their writes; the engine reads the
+    real ones when it runs."""
+    import mxnet as mx
+
+    arrays = [a for group in groups if group is not None
+              for a in (group.values() if isinstance(group, Mapping) else group)]
+    standing = [a for a in arrays if a.stype == "default" and a.size > 0]
+    contexts = {(str(a.context), a.dtype): a.context for a in standing}
+    sizes: dict[tuple[str, Any], int] = {}
+    for a in standing:
+        key = (str(a.context), a.dtype)
+        sizes[key] = max(sizes.get(key, 0), a.size)
+    buffers = {key: mx.nd.empty((size,), ctx=contexts[key], dtype=key[1])
+               for key, size in sizes.items()}
+
+    def stand_in(a: Any) -> Any:
+        if a.stype != "default" or a.size == 0:
+            return a
+        return buffers[(str(a.context), a.dtype)][:a.size].reshape(a.shape)
+
+    return [None if group is None
+            else {k: stand_in(v) for k, v in group.items()} if isinstance(group, Mapping)
+            else [stand_in(v) for v in group]
+            for group in groups]
+
+
 def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
     """Symbol.optimize_for for our backend: one partitioning at a time, a report per call, our
     own errors (MXNet drops a partitioner's message), and a symbol that remembers the values."""
@@ -144,11 +180,12 @@ def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
                         kwargs["dedup_subgraph"])
             kwargs["dedup_subgraph"] = "False"
         values = dict(args or {}, **(aux or {}))
+        stand_args, stand_aux = _stand_ins(args, aux)
         with _partition_lock, partition.reporting() as report, partition.inferring(
                 self, values, kwargs.get("shape_dict"), kwargs.get("type_dict")):
             callbacks.take_partition_error()
             try:
-                result = original(self, backend, args, aux, *rest, **kwargs)
+                result = original(self, backend, stand_args, stand_aux, *rest, **kwargs)
             except mx.MXNetError as mx_err:
                 err = callbacks.take_partition_error()
                 if err is not None:
@@ -158,7 +195,7 @@ def _hook_optimize_for(original: Callable[..., Any]) -> Callable[..., Any]:
                 # MXNet's shape inference gave up (e.g. Pad, L2Normalization, box_decode refuse
                 # an input of unknown shape) where a bind with the data shapes would not:
                 # partition without MXNet's inference; the hook's own still gives the dtypes.
-                result = original(self, backend, args, aux, *rest,
+                result = original(self, backend, stand_args, stand_aux, *rest,
                                   **dict(kwargs, skip_infer=True))
                 partition.note_inference_failure(report, mx_err)
         _name_with_hint(result)
