@@ -126,9 +126,9 @@ def _name_with_hint(sym: Any) -> None:
             node._set_attr(name=node.name + NAME_HINT)
 
 
-def _stand_ins(*groups: Any) -> list[Any]:
-    """Each of ``groups`` (a dict or list of NDArrays, or None) with its arrays replaced by
-    views of the same shapes into one scratch buffer per context and dtype.
+def _stand_ins(*groups: Mapping[str, Any] | None) -> list[dict[str, Any] | None]:
+    """Each of ``groups`` (arrays by name, or None) with its arrays replaced by views of the
+    same shapes into one scratch buffer per context and dtype.
 
     MXNet 1.9's optimize_for hands a library partitioner the given arrays' memory: PrePartition
     calls ``NDArray::data()`` on the caller's thread, without waiting for MXNet's engine. An
@@ -140,25 +140,26 @@ def _stand_ins(*groups: Any) -> list[Any]:
     real ones when it runs."""
     import mxnet as mx
 
-    arrays = [a for group in groups if group is not None
-              for a in (group.values() if isinstance(group, Mapping) else group)]
-    standing = [a for a in arrays if a.stype == "default" and a.size > 0]
-    contexts = {(str(a.context), a.dtype): a.context for a in standing}
-    sizes: dict[tuple[str, Any], int] = {}
-    for a in standing:
-        key = (str(a.context), a.dtype)
-        sizes[key] = max(sizes.get(key, 0), a.size)
-    buffers = {key: mx.nd.empty((size,), ctx=contexts[key], dtype=key[1])
-               for key, size in sizes.items()}
+    def kind(a: Any) -> tuple[str, Any] | None:
+        """The buffer an array's stand-in views, or None: MXNet gets the value as given."""
+        if isinstance(a, mx.nd.NDArray) and a.stype == "default" and a.size > 0:
+            return str(a.context), a.dtype
+        return None
+
+    sizes: dict[tuple[str, Any], tuple[int, Any]] = {}
+    for group in groups:
+        for a in (group or {}).values():
+            key = kind(a)
+            if key is not None:
+                sizes[key] = (max(a.size, sizes.get(key, (0, None))[0]), a.context)
+    buffers = {key: mx.nd.empty((size,), ctx=ctx, dtype=key[1])
+               for key, (size, ctx) in sizes.items()}
 
     def stand_in(a: Any) -> Any:
-        if a.stype != "default" or a.size == 0:
-            return a
-        return buffers[(str(a.context), a.dtype)][:a.size].reshape(a.shape)
+        key = kind(a)
+        return a if key is None else buffers[key][:a.size].reshape(a.shape)
 
-    return [None if group is None
-            else {k: stand_in(v) for k, v in group.items()} if isinstance(group, Mapping)
-            else [stand_in(v) for v in group]
+    return [None if group is None else {k: stand_in(v) for k, v in group.items()}
             for group in groups]
 
 
