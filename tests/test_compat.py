@@ -215,11 +215,17 @@ def bn_net() -> mx.sym.Symbol:
     return mx.sym.SoftmaxOutput(x, name="softmax")
 
 
-def test_tensorrt_bind_runs_shared_buffer_weights_and_batchnorm_moments():
+def bn_case() -> tuple[mx.sym.Symbol, dict, dict, np.ndarray, np.ndarray]:
+    """bn_net, random parameters, an input and unfused MXNet's output for it."""
     sym = bn_net()
     args, aux = random_params(sym, {"data": DATA, "softmax_label": (DATA[0],)})
     x = np.random.RandomState(4).uniform(-1, 1, DATA).astype(np.float32)
     expected = forward(sym, args, aux, {"data": x, "softmax_label": np.zeros(DATA[0])})[0]
+    return sym, args, aux, x, expected
+
+
+def test_tensorrt_bind_runs_shared_buffer_weights_and_batchnorm_moments():
+    sym, args, aux, x, expected = bn_case()
     mx.contrib.tensorrt.set_use_tensorrt(True)
     executor = mx.contrib.tensorrt.tensorrt_bind(sym, ctx=mx.cpu(), all_params=dict(args, **aux),
                                                  data=DATA, softmax_label=(DATA[0],),
@@ -231,10 +237,7 @@ def test_tensorrt_bind_runs_shared_buffer_weights_and_batchnorm_moments():
 
 def test_tensorrt_bind_does_not_need_the_weights_at_bind_time():
     """MXNet 1.3 refused an empty shared_buffer; here weights copied in later are what runs."""
-    sym = bn_net()
-    args, aux = random_params(sym, {"data": DATA, "softmax_label": (DATA[0],)})
-    x = np.random.RandomState(4).uniform(-1, 1, DATA).astype(np.float32)
-    expected = forward(sym, args, aux, {"data": x, "softmax_label": np.zeros(DATA[0])})[0]
+    sym, args, aux, x, expected = bn_case()
     mx.contrib.tensorrt.set_use_tensorrt(True)
     executor = mx.contrib.tensorrt.tensorrt_bind(sym, ctx=mx.cpu(), all_params={}, data=DATA,
                                                  softmax_label=(DATA[0],), grad_req="null")
