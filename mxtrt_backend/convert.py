@@ -204,7 +204,7 @@ def _progress(total: int) -> Iterator[None]:
 
 
 def _copy_to(cache_dir: str, engines: Sequence[Path]) -> None:
-    # By rename, like every write to the cache: a reader never sees a half-copied engine.
+    # By rename: a running process may have an engine of the same name mapped (docs/reliability.md).
     try:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         for path in engines:

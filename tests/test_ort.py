@@ -87,3 +87,74 @@ def test_cpu_engines_are_keyed_by_the_cpu_and_the_host_fallback_is_portable():
     assert cpu_key().startswith("cpu-") and cpu_key() != "cpu"
     assert StagedOrtRuntime().device_key(0) == "host"
     assert OrtRuntime(portable=True).device_key(0) == "cpu"
+
+
+def wide_net() -> mx.sym.Symbol:
+    """Weights of tens of KiB: stored apart from the engine's graph, mapped from cache files."""
+    x = mx.sym.Convolution(mx.sym.var("data"), num_filter=32, kernel=(3, 3), pad=(1, 1), name="c1")
+    x = mx.sym.Activation(x, act_type="relu", name="r1")
+    x = mx.sym.Convolution(x, num_filter=32, kernel=(3, 3), pad=(1, 1), name="c2")
+    return mx.sym.FullyConnected(mx.sym.Flatten(x), num_hidden=10, name="fc")
+
+
+def mapped_files(folder) -> set[str]:
+    """The files of ``folder`` this process has memory-mapped."""
+    with open("/proc/self/maps") as maps:
+        return {line.split(maxsplit=5)[-1].strip() for line in maps if str(folder) in line}
+
+
+def test_an_engine_from_the_cache_maps_its_weights_from_the_file_and_keeps_that_file(
+        isolated_cache):
+    """Read from disk, the engine's weights are mapped from the cache file, not copied. The
+    running engine keeps the file it checked: deleting the entry, or renaming another file over
+    its path, changes nothing for it."""
+    sym, shape = wide_net(), (2, 16, 8, 8)
+    args, aux = random_params(sym, {"data": shape})
+    x = np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32)
+    ref = forward(sym, args, aux, {"data": x})[0]
+    part = sym.optimize_for("TensorRT", args, aux, ctx=mx.cpu())
+    assert rel_err(forward(part, args, aux, {"data": x})[0], ref) < 1e-4  # built, then stored
+    ENGINES.clear_memory()  # as in a new process
+    ex = part.bind(mx.cpu(), dict(args, data=mx.nd.array(x)), aux_states=aux, grad_req="null")
+    ex.forward(is_train=False)
+    assert rel_err(ex.outputs[0].asnumpy(), ref) < 1e-4
+    assert ENGINES.lookups["disk"] == 1
+    (entry,) = isolated_cache.glob("*.engine")
+    assert str(entry) in mapped_files(isolated_cache)
+    data = entry.read_bytes()
+    tmp = isolated_cache / "other.tmp"
+    tmp.write_bytes(data[:len(data) // 2] + bytes(len(data) - len(data) // 2))  # zeroed weights
+    tmp.rename(entry)
+    ex.forward(is_train=False)
+    assert rel_err(ex.outputs[0].asnumpy(), ref) < 1e-4
+    entry.unlink()
+    ex.forward(is_train=False)
+    assert rel_err(ex.outputs[0].asnumpy(), ref) < 1e-4
+
+
+def test_weights_are_handed_over_when_onnx_runtime_cannot_map_them(tmp_path, caplog):
+    """A region ONNX Runtime cannot read the weights from (here: an empty file), or one whose
+    weights would not be aligned, leaves the engine to copy them; same answer."""
+    import logging
+    import os
+
+    from mxtrt_backend.engine import FileRegion, TensorRef
+    from mxtrt_backend.engine.ort import OrtRuntime
+
+    source = conv_reshape_graph()
+    runtime, options = OrtRuntime(), resolve({}, environ={})
+    blob = runtime.build(source, ["x"], ["y"], options, 0)
+    x = np.random.RandomState(1).uniform(-1, 1, (1, 32, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    for offset, says in ((0, True), (1, False)):
+        caplog.clear()
+        region = FileRegion(os.open(empty, os.O_RDONLY), offset)
+        with caplog.at_level(logging.INFO, logger="mxtrt"):
+            engine = runtime.load(blob, ["x"], ["y"], options, 0, region)
+        assert ("did not map the engine's weights" in caplog.text) is says
+        got = np.empty_like(want)
+        engine.run([TensorRef(x.ctypes.data, x.shape, x.dtype)],
+                   [TensorRef(got.ctypes.data, got.shape, got.dtype)], 0)
+        assert rel_err(got, want) < 1e-5

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import os
+import weakref
 import zlib
 from abc import ABC, abstractmethod
 from typing import Callable, NamedTuple, Sequence, Union
@@ -54,13 +56,31 @@ class BuildRejected(RuntimeError):
 Blob = Union[bytes, memoryview]
 
 
+class FileRegion:
+    """Where a serialized engine read from disk lies: its file, held open (``fd``), and the
+    offset of the engine's first byte in it. A runtime may then map its weights straight from
+    the file instead of copying them (``ort``). Holding the file open keeps the very file that
+    was checked, even when another is renamed over its path; it is closed when the last holder
+    (the entry, or an engine using the mapping) goes."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self.fd, self.offset = fd, offset
+        weakref.finalize(self, os.close, fd)
+
+    def path(self) -> str | None:
+        """A path to the open file itself, where the system has one (Linux: /proc/self/fd/N)."""
+        path = f"/proc/self/fd/{self.fd}"
+        return path if os.path.exists(path) else None
+
+
 class Serialized(NamedTuple):
     """An engine as the cache stores it: its bytes, and the runtime (name, version) that built
-    them and loads them: the runtime asked, or its fallback."""
+    them and loads them: the runtime asked, or its fallback; where it was read from, if a file."""
 
     data: Blob
     runtime: str
     version: str
+    region: FileRegion | None = None
 
 
 class Engine(ABC):
@@ -85,8 +105,9 @@ class Runtime(ABC):
 
     @abstractmethod
     def load(self, blob: Blob, input_names: Sequence[str], output_names: Sequence[str],
-             options: Options, device_id: int) -> Engine:
-        """Deserialize an engine produced by ``build`` of the same runtime version."""
+             options: Options, device_id: int, region: FileRegion | None = None) -> Engine:
+        """Deserialize an engine produced by ``build`` of the same runtime version; ``region``
+        says where ``blob`` lies in a file, when it was read from one."""
 
     def device_key(self, device_id: int) -> str:
         """What about the device an engine depends on (part of the cache key): devices with the
@@ -125,7 +146,8 @@ class Runtime(ABC):
         runtime = self if entry.runtime == self.name else other
         if runtime is None or runtime.name != entry.runtime:
             raise ValueError(f"an engine of {entry.runtime!r} cannot be loaded by {self.name!r}")
-        return runtime.load(entry.data, input_names, output_names, options, device_id)
+        return runtime.load(entry.data, input_names, output_names, options, device_id,
+                            entry.region)
 
     def model_key(self, onnx_bytes: bytes, data_names: Sequence[str], options: Options) -> str:
         """What about the model an engine depends on (part of the cache key): by default all of

@@ -45,13 +45,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from ..config import Options
-from . import Blob, Engine, Serialized
+from . import Blob, Engine, FileRegion, Serialized
 
 log = logging.getLogger("mxtrt")
 
 MAGIC = b"MXTRTENG"
 # 3: the header's runtime is the one whose engine the payload is (no tag inside the payload).
-FORMAT = 3
+# 4: the payload starts PAYLOAD_ALIGN-aligned (ONNX Runtime engines' weights are mapped from it).
+FORMAT = 4
+PAYLOAD_ALIGN = 64
 _HEADER_LEN = struct.Struct("<I")
 SUFFIX = ".engine"
 LOCK_SUFFIX = ".lock"
@@ -82,9 +84,12 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 
 def pack(blob: Blob, runtime: str, version: str, label: str = "") -> bytes:
-    """``label`` says what the engine computes, for ``mxtrt cache list``; it is not checked."""
+    """``label`` says what the engine computes, for ``mxtrt cache list``; it is not checked.
+    The header is padded with blanks so the payload starts PAYLOAD_ALIGN-aligned in the file:
+    a runtime mapping aligned data from the payload finds it aligned in memory too."""
     header = json.dumps({"format": FORMAT, "runtime": runtime, "version": version,
                          "label": label, "size": len(blob), "crc32": zlib.crc32(blob)}).encode()
+    header += b" " * (-(len(MAGIC) + _HEADER_LEN.size + len(header)) % PAYLOAD_ALIGN)
     return MAGIC + _HEADER_LEN.pack(len(header)) + header + blob
 
 
@@ -260,7 +265,8 @@ class EngineCache:
                 _touch(path)
                 return Hit(load(entry), "disk", entry.runtime)
             entry = build()
-            self._store(path, pack(*entry, label=label), store.max_size)
+            self._store(path, pack(entry.data, entry.runtime, entry.version, label=label),
+                        store.max_size)
         return Hit(load(entry), "built", entry.runtime)
 
     def _warn_once(self, kind: str, where: object, message: str, *args: object) -> None:
@@ -288,7 +294,7 @@ class EngineCache:
         """The payload of an entry, or None. A damaged entry is deleted ("discard", under the
         build lock), left for the user ("skip": a bundle), or left for now ("ignore")."""
         try:
-            data = _mapped(path)
+            data, fd = _mapped(path)
         except FileNotFoundError:
             return None
         except OSError as err:  # a directory, another user's file, an I/O error
@@ -296,8 +302,9 @@ class EngineCache:
                             "the engine instead", path, err)
             return None
         try:
-            return unpack(data, accepts)
+            entry = unpack(data, accepts)
         except CorruptEntry as err:
+            os.close(fd)
             if on_damage == "discard":
                 _unlink(path)
                 log.warning("mxtrt: discarding cached engine %s: %s; rebuilding it", path, err)
@@ -305,6 +312,7 @@ class EngineCache:
                 log.warning("mxtrt: ignoring bundled engine %s: %s; using the engine cache",
                             path, err)
             return None
+        return entry._replace(region=FileRegion(fd, len(data) - len(entry.data)))
 
     def _store(self, path: Path, data: bytes, max_size: int) -> None:
         if max_size and len(data) > max_size:
@@ -455,13 +463,18 @@ def _touch(path: Path) -> None:
         pass  # a read-only cache: its entries are not evicted by this process anyway
 
 
-def _mapped(path: Path) -> Blob:
-    """The file's bytes as a read-only memory mapping: nothing is read before it is used. Entries
-    are replaced by rename, never rewritten in place, so a mapping keeps the file it opened."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return b""
-        return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+def _mapped(path: Path) -> tuple[Blob, int]:
+    """The file's bytes as a read-only memory mapping (nothing is read before it is used), and
+    the file, left open for a runtime that maps parts of it again. Entries are replaced by
+    rename, never rewritten in place, so a mapping keeps the file it opened."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if os.fstat(fd).st_size == 0:
+            return b"", fd
+        return memoryview(mmap.mmap(fd, 0, access=mmap.ACCESS_READ)), fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def write_atomic(path: Path, data: bytes) -> None:

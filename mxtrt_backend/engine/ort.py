@@ -2,10 +2,13 @@
 
 Its serialized engine is the model as ONNX Runtime saves it after all its graph optimisations,
 the CPU-specific ones included (NCHWc layouts with this CPU's block size, weights reordered for
-them), with the weights stored apart from the graph. Loading it runs no optimisation again and
-hands the weights to the session as they are: resnet50_v2's session takes about 50 ms of CPU
-instead of 180 ms (docs/benchmarks.md). Because the model fits this CPU only, the cache key
-holds the CPU's instruction-set extensions, and this ONNX Runtime version.
+them), with the weights stored apart from the graph. Loading it runs no optimisation again. An
+engine read from the cache has its weights mapped from the cache file by ONNX Runtime (external
+data at an offset of the file, which the cache holds open); an engine just built, or one ONNX
+Runtime will not map, hands them over to be copied. resnet50_v2's session takes 10 ms in a new
+process instead of 110 ms, and 180 ms before the engine was specialised (docs/benchmarks.md).
+Because the model fits this CPU only, the cache key holds the CPU's instruction-set extensions,
+and this ONNX Runtime version.
 
 The host fallback of GPU contexts (``staged``) keeps a portable engine instead: the model after
 ONNX Runtime's hardware-independent ("extended") optimisations, the layout ones run at load.
@@ -16,19 +19,22 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import platform
 import struct
 import tempfile
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from ..config import Options
-from . import Blob, Engine, Runtime, TensorRef
+from . import Blob, Engine, FileRegion, Runtime, TensorRef
+
+log = logging.getLogger("mxtrt")
 
 
 # ONNX Runtime 1.19 gives every node this fusion makes the same name: a graph where it fuses
@@ -38,8 +44,9 @@ _BROKEN_FUSIONS = ["GatherSliceToSplitFusion"]
 
 class OrtEngine(Engine):
     def __init__(self, session: ort.InferenceSession, input_names: Sequence[str],
-                 output_names: Sequence[str]) -> None:
+                 output_names: Sequence[str], keep: FileRegion | None = None) -> None:
         self._session = session
+        self._file = keep  # the file the session maps its weights from stays open with it
         self._inputs = tuple(input_names)
         self._outputs = tuple(output_names)
         # MXNet usually hands the same buffers call after call: keep the last binding. A session
@@ -96,16 +103,24 @@ class OrtRuntime(Runtime):
             return saved.read_bytes() if self.portable else split_weights(onnx.load(saved))
 
     def load(self, blob: Blob, input_names: Sequence[str], output_names: Sequence[str],
-             options: Options, device_id: int) -> Engine:
+             options: Options, device_id: int, region: FileRegion | None = None) -> Engine:
         if self.portable:
             session = self._session(bytes(blob), options,
                                     ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        else:
-            graph, names, values = joined_weights(blob)
-            so = session_options(options, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-            so.add_external_initializers(names, values)  # ONNX Runtime copies them
-            session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
-        return OrtEngine(session, input_names, output_names)
+            return OrtEngine(session, input_names, output_names)
+        model, start = graph_of(blob)
+        path = region.path() if region is not None else None
+        if region is not None and path is not None and (region.offset + start) % _ALIGN == 0:
+            try:
+                session = _specialised_session(mapped_from(model, path, region.offset + start),
+                                               options)
+                return OrtEngine(session, input_names, output_names, keep=region)
+            except Exception as err:  # ONNX Runtime's errors derive from Exception only
+                log.info("mxtrt: ONNX Runtime did not map the engine's weights from its file "
+                         "(%s); handing them over instead", err)
+        names, values = handed_over(model, blob, start)
+        return OrtEngine(_specialised_session(model.SerializeToString(), options, names, values),
+                         input_names, output_names)
 
     @staticmethod
     def _session(onnx_bytes: bytes, options: Options, level: ort.GraphOptimizationLevel,
@@ -154,13 +169,20 @@ def cpu_key() -> str:
 
 
 # A specialised engine: the graph's length, the graph (large initializers as external data,
-# offsets into the weights), the weights, each 64-byte aligned within them.
+# offsets into the weights), padding, the weights; the weights start _ALIGN-aligned and each is
+# _ALIGN-aligned within them, so in a cache file (whose payload starts aligned) they are aligned
+# in the file too, ready to be mapped.
 _GRAPH_LENGTH = struct.Struct("<Q")
-_WEIGHTS = "mxtrt-weights"  # the external-data location: never a file, always handed over
+_WEIGHTS = "mxtrt-weights"  # the external-data location in the cache: the engine's own weights
 _ALIGN = 64
 # Smaller initializers stay in the graph: ONNX Runtime's shape inference reads some (the shape
 # input of Reshape) while it loads the graph, before external initializers are handed over.
 _INLINE_BELOW = 4096
+
+
+def _weights_at(graph_length: int) -> int:
+    end = _GRAPH_LENGTH.size + graph_length
+    return end + (-end % _ALIGN)
 
 
 def split_weights(model: onnx.ModelProto) -> bytes:
@@ -184,18 +206,20 @@ def split_weights(model: onnx.ModelProto) -> bytes:
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
     graph = model.SerializeToString()
-    return _GRAPH_LENGTH.pack(len(graph)) + graph + bytes(weights)
+    head = _GRAPH_LENGTH.pack(len(graph)) + graph
+    return head + bytes(_weights_at(len(graph)) - len(head)) + bytes(weights)
 
 
-def joined_weights(blob: Blob) -> tuple[bytes, list[str], list[ort.OrtValue]]:
-    """The graph of ``split_weights``'s bytes, and its weights as views into ``blob``."""
+def graph_of(blob: Blob) -> tuple[onnx.ModelProto, int]:
+    """The graph of ``split_weights``'s bytes, and where its weights start in them."""
     (length,) = _GRAPH_LENGTH.unpack_from(blob)
-    start = _GRAPH_LENGTH.size
-    graph = bytes(memoryview(blob)[start:start + length])
-    weights = memoryview(blob)[start + length:]
     model = onnx.ModelProto()
-    model.ParseFromString(graph)
-    names, values = [], []
+    model.ParseFromString(bytes(memoryview(blob)[_GRAPH_LENGTH.size:_GRAPH_LENGTH.size + length]))
+    return model, _weights_at(length)
+
+
+def _external(model: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, dict[str, str]]]:
+    """The initializers kept apart, with where they are among the weights."""
     for tensor in model.graph.initializer:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -203,9 +227,42 @@ def joined_weights(blob: Blob) -> tuple[bytes, list[str], list[ort.OrtValue]]:
         if where.get("location") != _WEIGHTS:
             raise ValueError(f"initializer {tensor.name!r} of a cached ONNX Runtime engine has no "
                              "weights in the engine")
+        yield tensor, where
+
+
+def handed_over(model: onnx.ModelProto, blob: Blob,
+                start: int) -> tuple[list[str], list[ort.OrtValue]]:
+    """The weights as views into ``blob``, for a session to copy (``add_external_initializers``)."""
+    weights = memoryview(blob)[start:]
+    names, values = [], []
+    for tensor, where in _external(model):
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
         count = int(np.prod(tensor.dims, dtype=np.int64))
         array = np.frombuffer(weights, dtype, count, int(where["offset"])).reshape(tensor.dims)
         names.append(tensor.name)
         values.append(ort.OrtValue.ortvalue_from_numpy(array))
-    return graph, names, values
+    return names, values
+
+
+def mapped_from(model: onnx.ModelProto, path: str, start: int) -> bytes:
+    """The graph with its weights in the file at ``path`` from byte ``start`` on: ONNX Runtime
+    maps external data from a file instead of copying it (resnet50_v2: a session in 10 ms rather
+    than 110 ms in a new process, docs/benchmarks.md)."""
+    mapped = onnx.ModelProto()
+    mapped.CopyFrom(model)
+    for tensor, where in _external(mapped):
+        del tensor.external_data[:]
+        for key, value in (("location", path), ("offset", str(start + int(where["offset"]))),
+                           ("length", where["length"])):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    return mapped.SerializeToString()
+
+
+def _specialised_session(graph: bytes, options: Options, names: Sequence[str] = (),
+                         values: Sequence[ort.OrtValue] = ()) -> ort.InferenceSession:
+    """A session on a fully optimised engine graph: no optimisation runs again."""
+    so = session_options(options, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if names:
+        so.add_external_initializers(list(names), list(values))  # ONNX Runtime copies them
+    return ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])

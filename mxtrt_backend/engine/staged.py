@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ..config import Options
-from . import Blob, DeviceRuntime, Engine, TensorRef, cuda
+from . import Blob, DeviceRuntime, Engine, FileRegion, TensorRef, cuda
 from .ort import OrtRuntime
 
 
@@ -52,5 +52,6 @@ class StagedOrtRuntime(DeviceRuntime):
         return self._ort.build(onnx_bytes, input_names, output_names, options, device_id)
 
     def load(self, blob: Blob, input_names: Sequence[str], output_names: Sequence[str],
-             options: Options, device_id: int) -> Engine:
-        return StagedEngine(self._ort.load(blob, input_names, output_names, options, device_id))
+             options: Options, device_id: int, region: FileRegion | None = None) -> Engine:
+        return StagedEngine(self._ort.load(blob, input_names, output_names, options, device_id,
+                                           region))

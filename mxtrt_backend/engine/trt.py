@@ -15,7 +15,7 @@ import threading
 from typing import TYPE_CHECKING, Sequence
 
 from ..config import Options
-from . import Blob, DeviceRuntime, Engine, Runtime, TensorRef, cuda
+from . import Blob, DeviceRuntime, Engine, FileRegion, Runtime, TensorRef, cuda
 from .onnx_shapes import with_dynamic_batch
 from .staged import StagedOrtRuntime
 from .trt_build import build_plan, trt_logger
@@ -99,7 +99,7 @@ class TrtRuntime(DeviceRuntime):
                           self.device_key(device_id))
 
     def load(self, blob: Blob, input_names: Sequence[str], output_names: Sequence[str],
-             options: Options, device_id: int) -> Engine:
+             options: Options, device_id: int, region: FileRegion | None = None) -> Engine:
         cuda.set_device(device_id)
         engine = _trt_runtime().deserialize_cuda_engine(blob)
         if engine is None:
