@@ -140,20 +140,21 @@ def _stand_ins(*groups: Mapping[str, Any] | None) -> list[dict[str, Any] | None]
     real ones when it runs."""
     import mxnet as mx
 
-    def kind(a: Any) -> tuple[str, Any] | None:
-        """The buffer an array's stand-in views, or None: MXNet gets the value as given."""
+    def kind(a: Any) -> tuple[Any, Any] | None:
+        """The (context, dtype) of the buffer an array's stand-in views, or None: MXNet gets
+        the value as given."""
         if isinstance(a, mx.nd.NDArray) and a.stype == "default" and a.size > 0:
-            return str(a.context), a.dtype
+            return a.context, a.dtype
         return None
 
-    sizes: dict[tuple[str, Any], tuple[int, Any]] = {}
+    sizes: dict[tuple[Any, Any], int] = {}
     for group in groups:
         for a in (group or {}).values():
             key = kind(a)
             if key is not None:
-                sizes[key] = (max(a.size, sizes.get(key, (0, None))[0]), a.context)
-    buffers = {key: mx.nd.empty((size,), ctx=ctx, dtype=key[1])
-               for key, (size, ctx) in sizes.items()}
+                sizes[key] = max(a.size, sizes.get(key, 0))
+    buffers = {(ctx, dtype): mx.nd.empty((size,), ctx=ctx, dtype=dtype)
+               for (ctx, dtype), size in sizes.items()}
 
     def stand_in(a: Any) -> Any:
         key = kind(a)
